@@ -1,0 +1,70 @@
+"""The one TFRecord schema: what the builder (tfrecords/) writes and the input pipeline reads.
+
+The keys are those of the TensorFlow Model Garden's ImageNet TFRecords, so existing tools read
+these shards. One difference, recorded in dataset_info.json as "label_offset": 0 — labels
+here are 0-based (the index of the wnid in the sorted list of 1000, as in Caffe, TFDS, Keras
+and torchvision), whereas the Model Garden's converter writes 1..1000 with 0 for background.
+"""
+
+import tensorflow as tf
+
+ENCODED = "image/encoded"
+FORMAT = "image/format"
+HEIGHT = "image/height"
+WIDTH = "image/width"
+CHANNELS = "image/channels"
+COLORSPACE = "image/colorspace"
+LABEL = "image/class/label"
+SYNSET = "image/class/synset"
+TEXT = "image/class/text"
+FILENAME = "image/filename"
+
+FEATURE_SPEC = {
+    ENCODED: tf.io.FixedLenFeature([], tf.string),
+    FORMAT: tf.io.FixedLenFeature([], tf.string, default_value="JPEG"),
+    HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    CHANNELS: tf.io.FixedLenFeature([], tf.int64, default_value=3),
+    COLORSPACE: tf.io.FixedLenFeature([], tf.string, default_value="RGB"),
+    LABEL: tf.io.FixedLenFeature([], tf.int64),
+    SYNSET: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    TEXT: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+def _bytes(value):
+  if isinstance(value, str):
+    value = value.encode("utf-8")
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int64(value):
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def make_example(encoded: bytes, *, label: int, synset: str, text: str, filename: str,
+                 height: int, width: int) -> bytes:
+  """One serialized tf.train.Example for an RGB JPEG.
+
+  Serialized with deterministic=True: protobuf writes map fields (Features.feature is a
+  map) in no fixed order otherwise, and the builder promises byte-identical shards.
+  """
+  example = tf.train.Example(features=tf.train.Features(feature={
+      ENCODED: _bytes(encoded),
+      FORMAT: _bytes("JPEG"),
+      HEIGHT: _int64(height),
+      WIDTH: _int64(width),
+      CHANNELS: _int64(3),
+      COLORSPACE: _bytes("RGB"),
+      LABEL: _int64(label),
+      SYNSET: _bytes(synset),
+      TEXT: _bytes(text),
+      FILENAME: _bytes(filename),
+  }))
+  return example.SerializeToString(deterministic=True)
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+  """train-00000-of-01024, validation-00000-of-00128 (the Model Garden's names)."""
+  return f"{split}-{index:05d}-of-{num_shards:05d}"
