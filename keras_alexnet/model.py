@@ -67,6 +67,7 @@ class ModelConfig:
   init: str = "paper"               # "paper" (N(0, 0.01), biases 1/0) or "he" (He normal, 0).
   softmax: bool = False             # Logits by default; training uses cross-entropy on logits.
   devices: Optional[Tuple[str, str]] = None  # The paper's two-GPU split: (tower a, tower b).
+  input_shape: Tuple[int, int, int] = (IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
 def _check_config(config: ModelConfig):
@@ -76,6 +77,10 @@ def _check_config(config: ModelConfig):
     bad("variant", config.variant, f"one of {VARIANTS}")
   if isinstance(config.num_classes, bool) or not isinstance(config.num_classes, int) or config.num_classes < 2:
     bad("num_classes", config.num_classes, "an integer >= 2")
+  if tuple(config.input_shape) != (IMAGE_SIZE, IMAGE_SIZE, 3):
+    bad("input_shape", config.input_shape,
+        f"({IMAGE_SIZE}, {IMAGE_SIZE}, 3): the conv/pool stack must end on the 6x6x256 grid "
+        "that fc6 is sized for (section 3.5); crop larger images to 224 first")
   if config.activation not in ACTIVATIONS:
     bad("activation", config.activation, f"one of {ACTIVATIONS}")
   if config.pooling not in POOLINGS:
@@ -99,9 +104,8 @@ def _check_config(config: ModelConfig):
       bad("devices (the two-tower split)", config.devices, "None for variant 'one_tower'")
     if len(config.devices) != 2 or config.devices[0] == config.devices[1]:
       bad("devices", config.devices, "two distinct device names, e.g. ('/gpu:0', '/gpu:1')")
-    known = {d.name for d in tf.config.list_logical_devices()}
-    known |= {n.lower().replace("/job:localhost/replica:0/task:0/device:", "/") for n in known}
-    missing = [d for d in config.devices if d.lower() not in known and d not in known]
+    known = {_device_key(d.name) for d in tf.config.list_logical_devices()}
+    missing = [d for d in config.devices if _device_key(d) not in known]
     if missing:
       raise ValueError(
           f"The two-tower split needs two devices; {missing} not found among "
@@ -118,6 +122,12 @@ def _per_tower(fn, inputs, devices):
   with tf.device(devices[1]):
     b = fn(inputs[..., half:])
   return tf.concat([a, b], axis=-1)
+
+
+def _device_key(name):
+  """('CPU', 0) for '/cpu:0', '/device:CPU:0' and '/job:localhost/.../device:CPU:0'."""
+  spec = tf.DeviceSpec.from_string(name)
+  return (spec.device_type or "").upper(), spec.device_index or 0
 
 
 @keras.saving.register_keras_serializable(package="keras_alexnet")
