@@ -1,0 +1,495 @@
+"""The input pipeline: TFRecord shards -> uint8 [B, 256, 256, 3] batches and int32 labels.
+
+The CPU does only what must happen on the CPU, reading and decoding; cropping, mirroring,
+lighting and the mean (keras_alexnet.preprocessing.augment) run on the accelerator inside the
+training step. One function, `create_split`, in a fixed order:
+
+  files -> interleave -> shuffle -> (skip) -> parse/decode -> batch -> prefetch
+
+It reads three layouts of ImageNet-style TFRecords:
+- "keras_alexnet": this project's builder (tfrecords/build.py): 256x256 JPEGs, the Model
+  Garden's keys, 0-based labels, a dataset_info.json with counts, classes and pixel statistics.
+- "model_garden": the TensorFlow Model Garden's converter: the same keys, original image sizes,
+  labels 1..1000 with 0 for background (label_offset 1 by default).
+- "tfds": tensorflow-datasets' imagenet2012 builder: keys image, label, file_name; files named
+  imagenet2012-train.tfrecord-00000-of-01024.
+"""
+
+import dataclasses
+import glob
+import os
+import re
+from typing import Optional
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from keras_alexnet import dataset_info
+from keras_alexnet import features
+from keras_alexnet import preprocessing
+
+FORMATS = ("keras_alexnet", "model_garden", "tfds")
+SPLITS = ("train", "validation")
+BUILD_COMMAND = "python -m tfrecords.build --input=... --output_dir=..."
+# ILSVRC-2012 (the paper, section 2): used for Model Garden/TFDS shards without counts.
+IMAGENET_NUM_EXAMPLES = {"train": 1_281_167, "validation": 50_000}
+IMAGENET_NUM_SHARDS = {"train": 1024, "validation": 128}
+IMAGENET_NUM_CLASSES = 1000
+# Files read at once by the interleave; more than the cores so that reads overlap decoding.
+CYCLE_LENGTH = 16
+# A TFRecord frames each record with an 8-byte length, its 4-byte CRC and the data's 4-byte CRC.
+RECORD_OVERHEAD = 16
+
+TFDS_KEYS = ("image", "label", "file_name")
+# The keys a format's records must have.
+SCHEMA_KEYS = {"keras_alexnet": (features.ENCODED, features.LABEL),
+               "model_garden": (features.ENCODED, features.LABEL),
+               "tfds": TFDS_KEYS[:2]}
+_SHARD_RE = re.compile(r"^(?:.*-)?(?P<split>train|validation)(?:\.tfrecord)?-(?P<index>\d{5})"
+                       r"-of-(?P<total>\d{5})$")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where the data is and how to read it. Defaults suit one host with its own shards."""
+  data_dir: str
+  format: str = "auto"                  # "auto" | "keras_alexnet" | "model_garden" | "tfds"
+  label_offset: Optional[int] = None    # None: from dataset_info.json or the format.
+  shuffle_buffer: int = 10_000
+  num_parallel_calls: int = tf.data.AUTOTUNE
+  private_threadpool_size: int = 0      # 0: TF's shared pool.
+  cache: bool = False                   # Keep the decoded images in memory after epoch 0.
+  deterministic: bool = False           # Reproducible order (needed for mid-epoch resume).
+  seed: int = 0
+  data_service_address: Optional[str] = None   # grpc://HOST:PORT of a tf.data dispatcher.
+  synthetic: bool = False               # Random batches, no files: benchmarks the model.
+  num_classes: Optional[int] = None     # None: from dataset_info.json or the format.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+  """What `_resolve` finds out about a data_dir once: the format and how to read it."""
+  format: str
+  label_offset: int
+  num_classes: int
+  image_size: Optional[int]   # 256: stored at 256x256; None: original sizes, resized here.
+  classes: Optional[list]
+  num_examples: dict
+  info: Optional[dict]
+
+
+def _check_config(config: DataConfig):
+  def bad(what, got, allowed):
+    raise ValueError(f"DataConfig.{what} must be {allowed}; received {got!r}.")
+  if config.format not in ("auto",) + FORMATS:
+    bad("format", config.format, f"'auto' or one of {FORMATS}")
+  if config.shuffle_buffer < 1:
+    bad("shuffle_buffer", config.shuffle_buffer, "an integer >= 1 (1 turns shuffling off)")
+  if config.num_parallel_calls != tf.data.AUTOTUNE and config.num_parallel_calls < 1:
+    bad("num_parallel_calls", config.num_parallel_calls, "tf.data.AUTOTUNE (-1) or >= 1")
+  if config.private_threadpool_size < 0:
+    bad("private_threadpool_size", config.private_threadpool_size, ">= 0 (0: shared pool)")
+  if config.num_classes is not None and config.num_classes < 2:
+    bad("num_classes", config.num_classes, "None or >= 2")
+  address = config.data_service_address
+  if address is not None and not re.match(r"^(grpc://)?[^:/\s]+:\d+$", address):
+    bad("data_service_address", address, "grpc://HOST:PORT (the dispatcher)")
+  if config.cache and address is not None:
+    bad("cache", config.cache, "False with a tf.data service (the workers hold no cache "
+        "across epochs)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Files.
+
+
+def list_shards(data_dir: str, split: str) -> list:
+  """The sorted shard paths of `split` (train-00000-of-01024, or TFDS's
+  imagenet2012-train.tfrecord-00000-of-01024). Raises ValueError when the set is incomplete
+  (a shard missing, or shards of two builds mixed)."""
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}; received {split!r}.")
+  found = {}
+  for path in tf.io.gfile.glob(os.path.join(glob.escape(data_dir), f"*{split}*-of-*")):
+    match = _SHARD_RE.match(os.path.basename(path))
+    if match and match["split"] == split:
+      found[path] = (int(match["index"]), int(match["total"]))
+  if not found:
+    return []
+  totals = {total for _, total in found.values()}
+  indices = sorted(index for index, _ in found.values())
+  total = max(totals)
+  if len(totals) > 1 or indices != list(range(total)):
+    missing = sorted(set(range(total)) - set(indices))
+    raise ValueError(
+        f"{data_dir}: the {split} shards are incomplete or mixed: expected "
+        f"{features.shard_name(split, 0, total)} .. -of-{total:05d} exactly once each; found "
+        f"{len(found)} file(s) with totals {sorted(totals)}"
+        + (f", missing indices {missing[:10]}{'...' if len(missing) > 10 else ''}"
+           if missing else "") + ". Rebuild or finish copying the dataset.")
+  return sorted(found, key=lambda p: found[p][0])
+
+
+def _first_record_keys(path: str) -> list:
+  try:
+    for record in tf.data.TFRecordDataset(path).take(1):
+      return sorted(tf.train.Example.FromString(record.numpy()).features.feature)
+  except (tf.errors.DataLossError, tf.errors.OpError) as e:
+    raise ValueError(f"{path}: cannot read its first record ({e.message.strip()}): the shard "
+                     "is corrupted or not a TFRecord file.") from None
+  except Exception as e:  # protobuf's DecodeError: not a tf.train.Example.
+    raise ValueError(f"{path}: the first record is not a tf.train.Example ({e}).") from None
+  raise ValueError(f"{path}: the shard holds no records.")
+
+
+def _format_of_keys(keys, has_info):
+  if features.ENCODED in keys and features.LABEL in keys:
+    return "keras_alexnet" if has_info else "model_garden"
+  if "image" in keys and "label" in keys:
+    return "tfds"
+  return None
+
+
+def _is_tfds_info(info):
+  # TFDS writes its own dataset_info.json (name, version, splits as a list...).
+  return info is not None and "format" not in info and "name" in info
+
+
+def _resolve(config: DataConfig) -> _Source:
+  """Finds the format, label offset, class count and split sizes of config.data_dir."""
+  _check_config(config)
+  data_dir = config.data_dir
+  if not tf.io.gfile.isdir(data_dir):
+    raise FileNotFoundError(f"data_dir {data_dir!r} does not exist. Build the shards with "
+                            f"`{BUILD_COMMAND}`.")
+  files = {split: list_shards(data_dir, split) for split in SPLITS}
+  if not any(files.values()):
+    raise FileNotFoundError(
+        f"{data_dir} holds no TFRecord shards (train-00000-of-NNNNN, validation-..., or TFDS's "
+        f"imagenet2012-train.tfrecord-00000-of-NNNNN). Build them with `{BUILD_COMMAND}`.")
+  info = dataset_info.read(data_dir)
+  tfds_info = _is_tfds_info(info)
+  ours = info if info is not None and not tfds_info else None
+  first = next(f for split in SPLITS for f in files[split])
+  keys = _first_record_keys(first)
+  detected = _format_of_keys(keys, ours is not None)
+
+  if config.format != "auto":
+    fmt = config.format
+  elif ours is not None and "format" in ours:
+    fmt = ours["format"]
+  elif tfds_info:
+    fmt = "tfds"
+  else:
+    fmt = detected
+  if fmt is None:
+    fmt = "keras_alexnet"   # No schema matched: the check below says so.
+  if fmt not in FORMATS:
+    raise ValueError(f"{data_dir}: unknown format {fmt!r} in {dataset_info.FILENAME}; "
+                     f"expected one of {FORMATS}.")
+  needed = SCHEMA_KEYS[fmt]
+  if not set(needed) <= set(keys):
+    raise ValueError(
+        f"{first}: the records match no known schema: the first record has keys {keys}; "
+        f"format {fmt!r} needs {list(needed)} (known: keras_alexnet and model_garden records "
+        f"{list(SCHEMA_KEYS['keras_alexnet'])}, tfds records {list(SCHEMA_KEYS['tfds'])}).")
+
+  if config.label_offset is not None:
+    label_offset = config.label_offset
+  elif ours is not None and "label_offset" in ours:
+    label_offset = int(ours["label_offset"])
+  elif fmt == "model_garden":
+    label_offset = 1
+    logging.info("%s: Model Garden records label classes 1..1000 (0 is background); "
+                 "subtracting 1. Pass label_offset=0, num_classes=1001 to keep background.",
+                 data_dir)
+  else:
+    label_offset = 0
+
+  classes = None
+  if ours is not None:
+    classes = ours.get("classes")
+  elif tf.io.gfile.exists(os.path.join(data_dir, "label.labels.txt")):
+    with tf.io.gfile.GFile(os.path.join(data_dir, "label.labels.txt")) as f:
+      classes = [[name, name] for name in f.read().split()]
+  if config.num_classes is not None:
+    num_classes = config.num_classes
+  elif ours is not None and ours.get("num_classes"):
+    num_classes = int(ours["num_classes"])
+  elif classes:
+    num_classes = len(classes)
+  elif fmt in ("model_garden", "tfds"):
+    num_classes = IMAGENET_NUM_CLASSES
+  else:
+    raise ValueError(f"{data_dir}/{dataset_info.FILENAME} has no num_classes; pass "
+                     "num_classes explicitly.")
+
+  image_size = None
+  if fmt == "keras_alexnet":
+    image_size = (ours or {}).get("image_size", preprocessing.STORED_SIZE)
+    if image_size not in (None, preprocessing.STORED_SIZE):
+      raise ValueError(f"{data_dir}: image_size {image_size!r} in {dataset_info.FILENAME}; the "
+                       f"pipeline reads {preprocessing.STORED_SIZE}x{preprocessing.STORED_SIZE} "
+                       "images or original sizes (null).")
+
+  num_examples = {split: _num_examples(data_dir, split, files[split], ours, info if tfds_info
+                                       else None) for split in SPLITS}
+  return _Source(format=fmt, label_offset=label_offset, num_classes=num_classes,
+                 image_size=image_size, classes=classes, num_examples=num_examples, info=ours)
+
+
+def _num_examples(data_dir, split, files, ours, tfds_info):
+  if not files:
+    return 0
+  if ours is not None:
+    count = ours.get("splits", {}).get(split, {}).get("num_examples")
+    if count is not None:
+      return int(count)
+  if tfds_info is not None:
+    for entry in tfds_info.get("splits", []):
+      if isinstance(entry, dict) and entry.get("name") == split and "shardLengths" in entry:
+        return sum(int(n) for n in entry["shardLengths"])
+  if len(files) == IMAGENET_NUM_SHARDS[split]:
+    logging.info("%s: no example count for %s; assuming ILSVRC-2012's %d (%d shards).",
+                 data_dir, split, IMAGENET_NUM_EXAMPLES[split], len(files))
+    return IMAGENET_NUM_EXAMPLES[split]
+  logging.info("%s: counting the %s records (no count in a dataset_info.json).", data_dir, split)
+  return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
+
+
+def dataset_metadata(config: DataConfig) -> dict:
+  """format, num_classes, classes ([wnid_or_name, text] in label order, or None when the
+  records do not say), num_examples {"train": N, "validation": M}, label_offset, image_size.
+
+  Raises FileNotFoundError naming the builder command when data_dir holds no shards.
+  """
+  if config.synthetic:
+    return dict(format="synthetic", num_classes=config.num_classes or IMAGENET_NUM_CLASSES,
+                classes=None, num_examples=dict(IMAGENET_NUM_EXAMPLES), label_offset=0,
+                image_size=preprocessing.STORED_SIZE)
+  source = _resolve(config)
+  return dict(format=source.format, num_classes=source.num_classes, classes=source.classes,
+              num_examples=dict(source.num_examples), label_offset=source.label_offset,
+              image_size=source.image_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Records -> (image, label).
+
+
+def _read_shard(path, size):
+  """The records of one shard as (path, record), failing with the shard's name on corruption.
+
+  TFRecordDataset reports a bad CRC or a truncated file as "corrupted record at N", without
+  the file. So the reader's error is swallowed (ignore_errors: the reader then stops at that
+  record) and the bytes read are checked against the file size at the end of the shard: a
+  shard that was not read to its end fails here, naming itself, right after the bad record.
+  """
+  records = tf.data.TFRecordDataset(path).ignore_errors(log_warning=True)
+  framed = records.map(lambda record: (record, False)).concatenate(
+      tf.data.Dataset.from_tensors((tf.constant(b""), True)))
+
+  def count(read, element):
+    record, last = element
+    length = tf.cast(tf.strings.length(record), tf.int64) + RECORD_OVERHEAD
+    read += tf.where(last, tf.constant(0, tf.int64), length)
+    return read, (record, last, read)
+
+  def check(record, last, read):
+    complete = tf.logical_or(tf.logical_not(last), tf.equal(read, size))
+    assertion = tf.debugging.Assert(complete, [
+        "Corrupted or truncated TFRecord shard (bad CRC or length):", path, "read", read,
+        "of", size, "bytes. Rebuild or re-copy this shard."])
+    with tf.control_dependencies([assertion]):
+      return tf.identity(record), last
+
+  framed = framed.scan(tf.constant(0, tf.int64), count).map(check)
+  return framed.filter(lambda record, last: tf.logical_not(last)).map(
+      lambda record, last: (path, record))
+
+
+def _parser(source: _Source):
+  """(shard path, serialized Example) -> (uint8 [256, 256, 3], int32 label)."""
+  if source.format == "tfds":
+    encoded_key, label_key, name_key = TFDS_KEYS
+  else:
+    encoded_key, label_key, name_key = features.ENCODED, features.LABEL, features.FILENAME
+  spec = {encoded_key: tf.io.FixedLenFeature([], tf.string),
+          label_key: tf.io.FixedLenFeature([], tf.int64),
+          name_key: tf.io.FixedLenFeature([], tf.string, default_value="")}
+  stored = source.image_size == preprocessing.STORED_SIZE
+  size = preprocessing.STORED_SIZE
+
+  def parse(path, record):
+    example = tf.io.parse_single_example(record, spec)
+    name = example[name_key]
+    if stored:
+      # The builder stored 256x256 JPEGs: decode only, and refuse any other size.
+      image = tf.io.decode_jpeg(example[encoded_key], channels=3)
+      shape_ok = tf.reduce_all(tf.equal(tf.shape(image)[:2], [size, size]))
+      assertion = tf.debugging.Assert(shape_ok, [
+          f"An image is not {size}x{size} in a dataset whose {dataset_info.FILENAME} says "
+          f"image_size={size}: shard", path, "image", name, "shape", tf.shape(image)])
+      with tf.control_dependencies([assertion]):
+        image = tf.ensure_shape(tf.identity(image), [size, size, 3])
+    else:
+      image = preprocessing.decode_to_stored(example[encoded_key])
+    raw = example[label_key]
+    label = raw - source.label_offset
+    label_ok = tf.logical_and(label >= 0, label < source.num_classes)
+    assertion = tf.debugging.Assert(label_ok, [
+        f"Label out of range [0, {source.num_classes}) after subtracting label_offset="
+        f"{source.label_offset} (set label_offset/num_classes): shard", path, "image", name,
+        "stored label", raw])
+    with tf.control_dependencies([assertion]):
+      label = tf.cast(label, tf.int32)
+    return image, label
+
+  return parse
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline.
+
+_CACHED = {}   # key -> decoded, cached dataset; kept so that epochs after the first reuse it.
+
+
+def _seed(config, epoch, salt):
+  """A 63-bit seed for (config.seed, epoch, salt): reproducible and distinct per epoch."""
+  return int(np.random.SeedSequence([config.seed, epoch, salt]).generate_state(1, np.uint64)[0]
+             >> np.uint64(1))
+
+
+def synthetic_batch(batch_size: int, num_classes: int, seed=(0, 0)):
+  """Random uint8 [B, 256, 256, 3] images and int32 [B] labels from stateless ops, for
+  benchmarking the model without I/O. Call it inside the step to make the batch on the
+  device; `create_split` with synthetic=True repeats one such batch."""
+  seed = tf.convert_to_tensor(seed)
+  image_seed, label_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  size = preprocessing.STORED_SIZE
+  images = tf.random.stateless_uniform([batch_size, size, size, 3], image_seed, 0, 256,
+                                       dtype=tf.int32)
+  labels = tf.random.stateless_uniform([batch_size], label_seed, 0, num_classes, dtype=tf.int32)
+  return tf.cast(images, tf.uint8), labels
+
+
+def create_split(config: DataConfig, train: bool, batch_size: int, *,
+                 input_context: Optional[tf.distribute.InputContext] = None, epoch: int = 0,
+                 skip_batches: int = 0) -> tf.data.Dataset:
+  """One epoch of (uint8 [B, 256, 256, 3] images, int32 [B] labels).
+
+  train=True: this input pipeline's shards (input_context: disjoint files per pipeline) in an
+  order drawn from (seed, epoch), interleaved, shuffled with a buffer of shuffle_buffer seeded
+  by (seed, epoch), the first skip_batches * batch_size records skipped before any decoding
+  (mid-epoch resume: with deterministic=True the rest are exactly the unskipped epoch's
+  batches skip_batches, skip_batches + 1, ...), decoded, batched with drop_remainder.
+  train=False: the validation split in file order, every example (the last batch may be
+  smaller).
+
+  batch_size is what this pipeline yields: under a strategy, the per-replica batch
+  (input_context.get_per_replica_batch_size(global_batch)).
+  """
+  _check_config(config)
+  if batch_size < 1 or skip_batches < 0 or epoch < 0:
+    raise ValueError(f"batch_size must be >= 1, epoch and skip_batches >= 0; received "
+                     f"batch_size={batch_size}, epoch={epoch}, skip_batches={skip_batches}.")
+  split = "train" if train else "validation"
+  if config.synthetic:
+    return _synthetic_split(config, split, batch_size, epoch, skip_batches)
+
+  source = _resolve(config)
+  files = list_shards(config.data_dir, split)
+  if not files:
+    raise FileNotFoundError(f"{config.data_dir} holds no {split} shards "
+                            f"({features.shard_name(split, 0, 1)[:-9]}-NNNNN-of-NNNNN). "
+                            f"Build them with `{BUILD_COMMAND}`.")
+  service = config.data_service_address
+  if input_context is not None and input_context.num_input_pipelines > 1 and not service:
+    # Disjoint files per worker. (A tf.data service job is shared instead: the dispatcher hands
+    # each file to one worker and each batch to one trainer.)
+    pipelines, index = input_context.num_input_pipelines, input_context.input_pipeline_id
+    if len(files) < pipelines:
+      raise ValueError(f"{config.data_dir}: {len(files)} {split} shard(s) cannot be split "
+                       f"across {pipelines} input pipelines; rebuild with at least {pipelines} "
+                       "shards.")
+    files = files[index::pipelines]
+  sizes = [tf.io.gfile.stat(path).length for path in files]
+
+  deterministic = config.deterministic or not train
+  parse = _parser(source)
+  cached = config.cache
+  if train and not cached:
+    order = np.random.default_rng(_seed(config, epoch, 0)).permutation(len(files))
+    files, sizes = [files[i] for i in order], [sizes[i] for i in order]
+  ds = tf.data.Dataset.from_tensor_slices((files, np.array(sizes, np.int64)))
+
+  if cached:
+    key = (config, split, tuple(files))
+    if key not in _CACHED:
+      records = ds.flat_map(_read_shard)
+      _CACHED[key] = records.map(parse, num_parallel_calls=config.num_parallel_calls,
+                                 deterministic=True).cache()
+    ds = _CACHED[key]
+    if train:
+      ds = ds.shuffle(config.shuffle_buffer, seed=_seed(config, epoch, 1),
+                      reshuffle_each_iteration=False)
+    ds = ds.skip(skip_batches * batch_size)
+  else:
+    if train:
+      ds = ds.interleave(_read_shard, cycle_length=min(len(files), CYCLE_LENGTH), block_length=1,
+                         num_parallel_calls=config.num_parallel_calls,
+                         deterministic=deterministic)
+      ds = ds.shuffle(config.shuffle_buffer, seed=_seed(config, epoch, 1),
+                      reshuffle_each_iteration=False)
+    else:
+      ds = ds.flat_map(_read_shard)
+    if skip_batches and not service:
+      ds = ds.skip(skip_batches * batch_size)   # Before the map: nothing skipped is decoded.
+    ds = ds.map(parse, num_parallel_calls=config.num_parallel_calls,
+                deterministic=deterministic)
+  ds = ds.batch(batch_size, drop_remainder=train)
+
+  options = tf.data.Options()
+  options.deterministic = deterministic
+  # The files are sharded above; a strategy must not shard the batches again.
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+  if config.private_threadpool_size:
+    options.threading.private_threadpool_size = config.private_threadpool_size
+  ds = ds.with_options(options)
+
+  if service:
+    ds = _distribute(ds, config, split, epoch, input_context)
+    if skip_batches:
+      logging.info("tf.data service: skipping %d batches of a dynamically sharded epoch (its "
+                   "order is not reproducible; the workers decode what is skipped).",
+                   skip_batches)
+      ds = ds.skip(skip_batches)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _distribute(ds, config, split, epoch, input_context):
+  """Runs everything above on tf.data service workers.
+
+  DYNAMIC sharding: the dispatcher hands out the shard files one at a time, so each example is
+  read once per epoch however many workers there are. Several trainers (input_context with more
+  than one pipeline) share one named job and each receives different batches; a single trainer
+  gets a job of its own. Batches travel uncompressed: decoded JPEGs hardly compress, and the
+  trainer's CPU is the one this is meant to spare.
+  """
+  address = config.data_service_address
+  if not address.startswith("grpc://"):
+    address = "grpc://" + address
+  shared = input_context is not None and input_context.num_input_pipelines > 1
+  job_name = f"keras_alexnet-{split}-seed{config.seed}-epoch{epoch}" if shared else None
+  return ds.apply(tf.data.experimental.service.distribute(
+      processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
+      service=address, job_name=job_name, compression=None))
+
+
+def _synthetic_split(config, split, batch_size, epoch, skip_batches):
+  num_classes = config.num_classes or IMAGENET_NUM_CLASSES
+  steps = IMAGENET_NUM_EXAMPLES[split] // batch_size - skip_batches
+  seed = tf.constant([config.seed, epoch], tf.int64)
+  batch = synthetic_batch(batch_size, num_classes, seed)
+  return tf.data.Dataset.from_tensors(batch).repeat(max(steps, 0))
