@@ -109,6 +109,25 @@ def test_lrn_per_tower_never_crosses_towers():
   np.testing.assert_allclose(out, expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("towers", [1, 2])
+def test_lrn_training_gradient_equals_tf_gradient(towers):
+  # In training the layer uses its own (XLA-fused) gradient; it must be TF's LRNGrad maths.
+  rng = np.random.default_rng(7)
+  a = tf.constant(rng.uniform(0, 60, size=(2, 4, 4, 12)).astype(np.float32))
+  upstream = tf.constant(rng.normal(size=(2, 4, 4, 12)).astype(np.float32))
+  layer = LocalResponseNormalization(towers=towers)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(a)
+    fast = layer(a, training=True)
+    halves = tf.split(a, towers, axis=-1)
+    reference = tf.concat([tf.nn.local_response_normalization(
+        h, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75) for h in halves], axis=-1)
+  np.testing.assert_allclose(fast.numpy(), reference.numpy(), rtol=1e-6)
+  fast_grad = tape.gradient(fast, a, output_gradients=upstream).numpy()
+  reference_grad = tape.gradient(reference, a, output_gradients=upstream).numpy()
+  np.testing.assert_allclose(fast_grad, reference_grad, rtol=1e-5, atol=1e-6)
+
+
 def test_paper_init():
   net = alexnet(num_classes=10)
   for layer in net.layers:

@@ -1,0 +1,155 @@
+"""How fast each part runs, against the bound of the machine it runs on.
+
+  python -m keras_alexnet.benchmark [--batch_size=64] [--steps=5] [--parts=train,...]
+
+Each row gives images/s and its ratio to a bound measured in the same process on the same
+device: the float32 matmul rate for compute (the training step's achieved GFLOP/s over it).
+Figures are medians over timed repetitions after warm-up.
+"""
+
+import dataclasses
+import statistics
+import time
+from typing import Callable, List, Optional, Sequence
+
+from absl import app
+from absl import flags
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_alexnet import model as model_lib
+
+MATMUL_SIZE = 2048  # Large enough for the BLAS kernel to run at its peak on a CPU core.
+TRAIN_FLOPS_FACTOR = 3  # Backward costs about twice the forward (input and weight grads).
+
+
+@dataclasses.dataclass
+class Row:
+  name: str
+  images_per_second: float
+  bound_name: str = ""
+  ratio: Optional[float] = None
+  detail: str = ""
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+  """Median wall time of fn() over `repeats` calls after `warmup` untimed ones.
+
+  fn must block until its work is done (e.g. return a numpy value).
+  """
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def matmul_gflops(device: Optional[str] = None, size: int = MATMUL_SIZE,
+                  repeats: int = 5) -> float:
+  """The float32 matmul rate (GFLOP/s) on `device`: the compute bound."""
+  with tf.device(device):
+    a = tf.random.normal((size, size))
+    b = tf.random.normal((size, size))
+
+    @tf.function
+    def chain():
+      # Several dependent products per call so that call overhead is negligible.
+      x = a
+      for _ in range(4):
+        x = tf.matmul(x, b) * 1e-3
+      return tf.reduce_sum(x)
+
+    seconds = median_seconds(lambda: chain().numpy(), repeats)
+  return 4 * 2 * size ** 3 / seconds / 1e9
+
+
+def train_step_rate(batch_size: int, precision: str = "float32", xla: bool = False,
+                    steps: int = 5, num_classes: int = model_lib.NUM_CLASSES):
+  """Images/s and GFLOP/s of the paper net's training step: forward, backward and the
+  SGD-with-momentum update, on random mean-subtracted 224x224 inputs."""
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy("float32" if precision == "float32" else precision)
+  try:
+    net = model_lib.alexnet(num_classes=num_classes)
+    optimizer = keras.optimizers.SGD(learning_rate=1e-4, momentum=0.9)
+    images = tf.random.normal((batch_size, 224, 224, 3))
+    labels = tf.random.uniform((batch_size,), 0, num_classes, dtype=tf.int32)
+
+    @tf.function(jit_compile=xla)
+    def step():
+      with tf.GradientTape() as tape:
+        logits = tf.cast(net(images, training=True), tf.float32)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+      grads = tape.gradient(loss, net.trainable_variables)
+      optimizer.apply_gradients(zip(grads, net.trainable_variables))
+      return loss
+
+    seconds = median_seconds(lambda: step().numpy(), steps, warmup=2)
+    flops = TRAIN_FLOPS_FACTOR * model_lib.flops_per_image(net) * batch_size
+  finally:
+    keras.config.set_dtype_policy(previous)
+  return batch_size / seconds, flops / seconds / 1e9
+
+
+def print_table(rows: Sequence[Row], machine: str) -> None:
+  print(f"\nkeras_alexnet benchmark on {machine}")
+  header = f"{'part':<44} {'img/s':>9}  {'ratio':>6}  bound / detail"
+  print(header)
+  print("-" * len(header))
+  for row in rows:
+    ratio = f"{row.ratio:6.2f}" if row.ratio is not None else "     -"
+    print(f"{row.name:<44} {row.images_per_second:9.1f}  {ratio}  "
+          f"{row.bound_name} {row.detail}".rstrip())
+
+
+def machine_description() -> str:
+  import os
+  import platform
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  gpus = tf.config.list_physical_devices("GPU")
+  return (f"{cpu}, {os.cpu_count()} cores, {len(gpus)} GPU(s), TF {tf.__version__}, "
+          f"Keras {keras.__version__}")
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("batch_size", 64, "Batch size of the training step.")
+flags.DEFINE_integer("steps", 5, "Timed repetitions (the median is reported).")
+flags.DEFINE_list("precisions", ["float32"],
+                  "Training-step precisions: float32, mixed_bfloat16, mixed_float16.")
+flags.DEFINE_list("xla", ["off", "on"], "Training step with XLA off and/or on.")
+
+
+def main(argv: List[str]) -> None:
+  del argv
+  for precision in FLAGS.precisions:
+    if precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
+      raise app.UsageError(f"--precisions: unknown {precision!r}; allowed: float32, "
+                           "mixed_bfloat16, mixed_float16.")
+  for xla in FLAGS.xla:
+    if xla not in ("on", "off"):
+      raise app.UsageError(f"--xla takes 'on' and/or 'off'; received {xla!r}.")
+  matmul = matmul_gflops()
+  rows = [Row(f"float32 matmul {MATMUL_SIZE}x{MATMUL_SIZE}", float("nan"),
+              detail=f"{matmul:.1f} GFLOP/s (the compute bound)")]
+  for precision in FLAGS.precisions:
+    for xla in FLAGS.xla:
+      rate, gflops = train_step_rate(FLAGS.batch_size, precision, xla == "on", FLAGS.steps)
+      rows.append(Row(f"train step {precision}, XLA {xla}, batch {FLAGS.batch_size}", rate,
+                      "matmul", gflops / matmul, f"{gflops:.1f} GFLOP/s"))
+  print_table(rows, machine_description())
+
+
+if __name__ == "__main__":
+  app.run(main)
