@@ -31,6 +31,13 @@ FILENAME = "dataset_info.json"
 MEAN_IMAGE_FILENAME = "mean_image.npy"
 
 
+def _umask_mode() -> int:
+  """The mode a plain open() would give a new file (mkstemp makes them owner-only)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
 def write_json_atomic(path: str, obj) -> None:
   """Writes JSON to a temp file in the same folder, then renames it into place."""
   folder = os.path.dirname(os.path.abspath(path))
@@ -39,6 +46,7 @@ def write_json_atomic(path: str, obj) -> None:
     with os.fdopen(fd, "w") as f:
       json.dump(obj, f, indent=2, sort_keys=True)
       f.write("\n")
+    os.chmod(tmp, _umask_mode())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -52,6 +60,7 @@ def write_npy_atomic(path: str, array: np.ndarray) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       np.save(f, array)
+    os.chmod(tmp, _umask_mode())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -1,0 +1,675 @@
+r"""Builds TFRecord shards + dataset_info.json from ImageNet as downloaded, or any class folders.
+
+  python -m tfrecords.build --input=PATH --output_dir=DIR [--num_workers=N] [--verify]
+  python -m tfrecords.build --output_dir=DIR --verify          # only check a finished build
+
+One tf.train.Example per image, with the Model Garden's keys (keras_alexnet.features), labels
+0-based. Images are, as in the paper (Section 2), resized so the shorter side is 256 and
+centre-cropped to 256x256, then stored as JPEG; training-set statistics (mean image, mean RGB,
+RGB covariance and its eigen-pairs) are computed on the way.
+
+Robustness: each shard is written under a temporary name and renamed when complete, together
+with its statistics (in DIR/.build/), so a killed build resumes where it stopped; the output is
+byte-identical whatever the number of worker processes or hosts (shards are the unit of work,
+their contents depend only on the input, the flags and the seed).
+"""
+
+import dataclasses
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import random
+import re
+import shutil
+import socket
+import sys
+import time
+from typing import Optional
+import warnings
+
+from absl import logging
+import numpy as np
+import PIL
+from PIL import Image
+import tensorflow as tf
+
+from keras_alexnet import dataset_info
+from keras_alexnet import features
+from tfrecords import image
+from tfrecords import sources
+from tfrecords import statistics
+from tfrecords.sources import InputError
+
+BUILDER = "tfrecords.build/1"   # bump when the bytes written for the same input change
+# The Model Garden's shard counts: ~1250 training and ~390 validation images per shard.
+DEFAULT_TRAIN_SHARDS = 1024
+DEFAULT_VALIDATION_SHARDS = 128
+DEFAULT_IMAGE_SIZE = 256        # Section 2
+DEFAULT_JPEG_QUALITY = 95
+STATE_DIR = ".build"            # per-shard statistics of an unfinished build
+STATE_FILENAME = "build.json"
+LABELS_FILENAME = "labels.txt"
+SKIPPED_FILENAME = "skipped.txt"
+SHARD_PATTERN = re.compile(r"(train|validation)-\d{5}-of-\d{5}")
+TEMP_PREFIX = ".tmp-"
+_PROGRESS_EVERY = 16            # images between updates of the shared progress counter
+
+# Worker processes fork from a server that has imported this module, then re-run the main
+# module (`python -m tfrecords.build`) as __mp_main__; runpy warns that it is imported already.
+# That is expected here, and the filter is inherited by the workers from the server.
+warnings.filterwarnings("ignore", message=r"'tfrecords\.build' found in sys\.modules",
+                        category=RuntimeWarning)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+  """What to build. The fields that change the bytes written are recorded in dataset_info."""
+  input: Optional[str]
+  output_dir: str
+  layout: str = "auto"                   # one of sources.LAYOUTS
+  image_size: Optional[int] = DEFAULT_IMAGE_SIZE   # None: keep the original pixels
+  jpeg_quality: int = DEFAULT_JPEG_QUALITY
+  train_shards: int = DEFAULT_TRAIN_SHARDS
+  validation_shards: int = DEFAULT_VALIDATION_SHARDS
+  seed: int = 0
+  classes_file: Optional[str] = None
+  validation_labels_file: Optional[str] = None
+  num_workers: int = 0                   # 0: one per core
+  host_index: int = 0
+  num_hosts: int = 1
+  overwrite: bool = False
+  progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShardTask:
+  split: str
+  index: int
+  num_shards: int
+  items: tuple
+  output_dir: str
+  image_size: Optional[int]
+  jpeg_quality: int
+  classes: tuple
+
+
+def _check_config(config: BuildConfig) -> None:
+  problems = []
+  if not 1 <= config.jpeg_quality <= 100:
+    problems.append(f"--jpeg_quality={config.jpeg_quality} must be in 1..100")
+  if config.image_size is not None and config.image_size < 1:
+    problems.append(f"--resize={config.image_size} must be a positive size or 'none'")
+  for name in ("train_shards", "validation_shards"):
+    if not 1 <= getattr(config, name) <= 99_999:
+      problems.append(f"--{name}={getattr(config, name)} must be in 1..99999")
+  if config.num_workers < 0:
+    problems.append(f"--num_workers={config.num_workers} must be >= 0 (0: one per core)")
+  if not 0 <= config.host_index < config.num_hosts:
+    problems.append(f"--host_index={config.host_index} must be in 0..--num_hosts-1 "
+                    f"(--num_hosts={config.num_hosts})")
+  for name in ("classes_file", "validation_labels_file"):
+    path = getattr(config, name)
+    if path and not os.path.isfile(path):
+      problems.append(f"--{name}={path} does not exist")
+  if os.path.exists(config.output_dir) and not os.path.isdir(config.output_dir):
+    problems.append(f"--output_dir={config.output_dir} is a file")
+  if problems:
+    raise InputError("; ".join(problems))
+
+
+def num_workers(requested: int) -> int:
+  return requested or len(os.sched_getaffinity(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning: which images go to which shard.
+
+
+def _shards(source: sources.Source, config: BuildConfig) -> list[_ShardTask]:
+  """Every shard of the dataset, train first; images in a seeded shuffled order, balanced."""
+  counts = {"train": config.train_shards, "validation": config.validation_shards}
+  tasks = []
+  for split in sources.SPLITS:
+    items = source.splits.get(split)
+    if not items:
+      continue
+    num_shards = counts[split]
+    if num_shards > len(items):
+      flag = "train_shards" if split == "train" else "validation_shards"
+      raise InputError(f"--{flag}={num_shards} is more than the {len(items)} {split} images; "
+                       f"pass --{flag}=N with N <= {len(items)}")
+    # random.Random with a str seed hashes it with SHA-512: the same order on every platform.
+    order = list(items)
+    random.Random(f"{config.seed}/{split}").shuffle(order)
+    for index in range(num_shards):
+      chunk = order[index * len(order) // num_shards:(index + 1) * len(order) // num_shards]
+      tasks.append(_ShardTask(split, index, num_shards, tuple(chunk), config.output_dir,
+                              config.image_size, config.jpeg_quality, source.classes))
+  return tasks
+
+
+def _build_record(source: sources.Source, config: BuildConfig) -> dict:
+  """What determines the bytes written: a build with a different record may not mix in."""
+  listing = hashlib.sha256()
+  for split in sorted(source.splits):
+    for item in source.splits[split]:
+      listing.update(f"{split}\t{item.filename}\t{item.label}\n".encode())
+  listing.update(json.dumps(source.classes).encode())
+  return {
+      "builder": BUILDER,
+      "pillow": PIL.__version__,   # its libjpeg writes the bytes
+      "input": os.path.abspath(config.input),
+      "layout": source.layout,
+      "listing_sha256": listing.hexdigest(),
+      "resize": config.image_size if config.image_size else "none",
+      "jpeg_quality": config.jpeg_quality,
+      "seed": config.seed,
+      "num_shards": {s: n for s, n in (("train", config.train_shards),
+                                       ("validation", config.validation_shards))
+                     if source.splits.get(s)},
+      "classes_file": config.classes_file and os.path.abspath(config.classes_file),
+      "validation_labels_file": (config.validation_labels_file
+                                 and os.path.abspath(config.validation_labels_file)),
+  }
+
+
+# ---------------------------------------------------------------------------------------------
+# The output folder: refuse to mix builds, resume our own.
+
+
+def _our_files(output_dir: str) -> list[str]:
+  """The files in output_dir that a build writes (and --overwrite may delete)."""
+  if not os.path.isdir(output_dir):
+    return []
+  fixed = {dataset_info.FILENAME, dataset_info.MEAN_IMAGE_FILENAME, LABELS_FILENAME,
+           SKIPPED_FILENAME, STATE_DIR}
+  names = []
+  for name in os.listdir(output_dir):
+    bare = name[len(TEMP_PREFIX):].split(".", 1)[0] if name.startswith(TEMP_PREFIX) else name
+    if name in fixed or SHARD_PATTERN.fullmatch(bare):
+      names.append(name)
+  return sorted(names)
+
+
+def _differences(old: dict, new: dict) -> str:
+  keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  return "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys)
+
+
+def _prepare_output(config: BuildConfig, record: dict) -> Optional[dict]:
+  """Checks output_dir against this build; returns its dataset_info if already complete.
+
+  Raises InputError (nothing touched) when it holds another build and --overwrite is not set.
+  """
+  out = config.output_dir
+  try:
+    info = dataset_info.read(out)
+  except ValueError as e:
+    info = {"build": f"unreadable ({e})"}
+  state_path = os.path.join(out, STATE_DIR, STATE_FILENAME)
+  state = None
+  if os.path.exists(state_path):
+    try:
+      with open(state_path) as f:
+        state = json.load(f)
+    except (OSError, ValueError):
+      state = {"unreadable": state_path}
+  existing = _our_files(out)
+  previous = info.get("build") if info else state
+  if previous == record:
+    if info is None:
+      return None     # an unfinished build of the same dataset: resume it
+    missing = [n for n in _expected_shards(info) if not os.path.exists(os.path.join(out, n))]
+    if missing:
+      raise InputError(f"{out}/{dataset_info.FILENAME} records a finished build but "
+                       f"{len(missing)} shards are missing (e.g. {missing[0]}); rebuild with "
+                       "--overwrite")
+    return info
+  if existing and not config.overwrite:
+    if previous is None:
+      why = f"it holds {len(existing)} dataset files (e.g. {existing[0]}) of an unknown build"
+    elif not isinstance(previous, dict):
+      why = f"its {dataset_info.FILENAME} is {previous}"
+    else:
+      why = "they were built from a different input or flags: " + _differences(previous, record)
+    raise InputError(f"--output_dir={out} already holds a dataset and {why}. Nothing was "
+                     "changed. Choose another --output_dir, or pass --overwrite to replace it "
+                     "(only the builder's own files are deleted).")
+  for name in existing:
+    path = os.path.join(out, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
+  return None
+
+
+def _expected_shards(info: dict) -> list[str]:
+  return [features.shard_name(split, i, meta["num_shards"])
+          for split, meta in sorted(info.get("splits", {}).items())
+          for i in range(meta["num_shards"])]
+
+
+def _state_path(output_dir: str, shard: str) -> str:
+  return os.path.join(output_dir, STATE_DIR, shard + ".npz")
+
+
+def _is_complete(task: _ShardTask) -> bool:
+  name = features.shard_name(task.split, task.index, task.num_shards)
+  return (os.path.exists(os.path.join(task.output_dir, name))
+          and os.path.exists(_state_path(task.output_dir, name)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers: one shard at a time.
+
+_counter = None   # images done, shared with the parent for the progress bar
+
+
+def _init_worker(counter) -> None:
+  global _counter
+  _counter = counter
+
+
+def _write_shard(task: _ShardTask) -> tuple[str, int]:
+  """Converts the task's images into its shard; returns (shard name, records written)."""
+  name = features.shard_name(task.split, task.index, task.num_shards)
+  out = task.output_dir
+  temp = os.path.join(out, f"{TEMP_PREFIX}{name}.{socket.gethostname()}-{os.getpid()}")
+  stats = statistics.PixelStatistics(task.image_size) if task.split == "train" else None
+  skipped, written, pending = [], 0, 0
+  try:
+    with tf.io.TFRecordWriter(temp) as writer:
+      for item in task.items:
+        try:
+          converted = image.convert(sources.read_bytes(item), task.image_size,
+                                    task.jpeg_quality)
+        except image.SkipImage as e:
+          skipped.append((item.filename, str(e)))
+        except OSError as e:
+          skipped.append((item.filename, f"cannot read: {e}"))
+        else:
+          if stats is not None:
+            stats.add(converted.pixels)
+          class_id, text = task.classes[item.label]
+          writer.write(features.make_example(
+              converted.encoded, label=item.label, synset=class_id, text=text,
+              filename=item.filename, height=converted.height, width=converted.width))
+          written += 1
+        pending += 1
+        if pending == _PROGRESS_EVERY:
+          _count(pending)
+          pending = 0
+    _count(pending)
+    # The statistics first, then the shard: a shard under its final name always has them.
+    arrays = stats.arrays() if stats is not None else {}
+    arrays["meta"] = np.array(json.dumps({"num_examples": written, "skipped": skipped}))
+    _save_npz_atomic(_state_path(out, name), arrays)
+    os.replace(temp, os.path.join(out, name))
+  finally:
+    if os.path.exists(temp):
+      os.remove(temp)
+  return name, written
+
+
+def _count(n: int) -> None:
+  if _counter is not None and n:
+    with _counter.get_lock():
+      _counter.value += n
+
+
+def _save_npz_atomic(path: str, arrays: dict) -> None:
+  temp = f"{path}.{socket.gethostname()}-{os.getpid()}.tmp"
+  with open(temp, "wb") as f:
+    np.savez_compressed(f, **arrays)
+  os.replace(temp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress bar.
+
+
+class _Progress:
+  """'train+validation 12,345/50,000 (24.7%) 410 img/s ETA 1:31' on stderr.
+
+  Redrawn in place on a terminal; one line every 30 s otherwise (log files).
+  """
+
+  def __init__(self, total: int, enabled: bool, unit: str = "images"):
+    self.total, self.enabled, self.unit = total, enabled and total > 0, unit
+    self.done = 0
+    self.tty = sys.stderr.isatty()
+    self.start = time.monotonic()
+    self.last = 0.0
+
+  def update(self, done: int, final: bool = False) -> None:
+    self.done = done
+    now = time.monotonic()
+    if not self.enabled or (not final and now - self.last < (0.5 if self.tty else 30)):
+      return
+    self.last = now
+    rate = done / max(now - self.start, 1e-9)
+    eta = (self.total - done) / rate if rate > 0 else 0
+    line = (f"{done:,}/{self.total:,} {self.unit} ({100 * done / self.total:.1f}%) "
+            f"{rate:,.0f} {self.unit}/s ETA {int(eta) // 3600}:{int(eta) % 3600 // 60:02d}:"
+            f"{int(eta) % 60:02d}")
+    end = "\n" if final or not self.tty else ""
+    print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finishing: combine the per-shard results in shard order.
+
+
+def _finalize(tasks: list[_ShardTask], source: sources.Source, config: BuildConfig,
+              record: dict) -> dict:
+  out = config.output_dir
+  splits, skipped = {}, []
+  train_stats = statistics.PixelStatistics(config.image_size)
+  for task in tasks:
+    name = features.shard_name(task.split, task.index, task.num_shards)
+    with np.load(_state_path(out, name), allow_pickle=False) as arrays:
+      meta = json.loads(str(arrays["meta"]))
+      if task.split == "train":
+        train_stats.merge(statistics.PixelStatistics.from_arrays(arrays))
+    split = splits.setdefault(task.split, {"num_examples": 0, "num_shards": task.num_shards,
+                                           "num_skipped": 0, "shard_lengths": []})
+    split["num_examples"] += meta["num_examples"]
+    split["shard_lengths"].append(meta["num_examples"])
+    split["num_skipped"] += len(meta["skipped"])
+    skipped.extend((task.split, f, r) for f, r in meta["skipped"])
+  for split, rejected in source.rejected.items():
+    if split in splits:
+      splits[split]["num_skipped"] += len(rejected)
+    skipped.extend((split, f, r) for f, r in rejected)
+  skipped.sort(key=lambda s: (sources.SPLITS.index(s[0]), s[1]))
+
+  mean_image = train_stats.mean_image()
+  if mean_image is not None:
+    dataset_info.write_npy_atomic(os.path.join(out, dataset_info.MEAN_IMAGE_FILENAME),
+                                  mean_image)
+  _write_text_atomic(os.path.join(out, LABELS_FILENAME),
+                     "".join(f"{i}\t{c}\t{n}\n" for i, (c, n) in enumerate(source.classes)))
+  _write_text_atomic(os.path.join(out, SKIPPED_FILENAME),
+                     "".join(f"{s}\t{f}\t{r}\n" for s, f, r in skipped))
+  info = {
+      "format": "keras_alexnet",
+      "label_offset": 0,
+      "image_size": config.image_size,
+      "num_classes": len(source.classes),
+      "classes": [list(c) for c in source.classes],
+      "splits": splits,
+      "mean_image": dataset_info.MEAN_IMAGE_FILENAME if mean_image is not None else None,
+      "num_train_images_in_statistics": train_stats.num_images,
+      "build": record,
+      **train_stats.summary(),
+  }
+  # dataset_info.json last: its presence means the build is complete.
+  dataset_info.write_json_atomic(os.path.join(out, dataset_info.FILENAME), info)
+  shutil.rmtree(os.path.join(out, STATE_DIR), ignore_errors=True)
+  for name in _our_files(out):
+    if name.startswith(TEMP_PREFIX):   # left by killed builds; every shard is now complete
+      os.remove(os.path.join(out, name))
+  return info
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+  temp = f"{path}.{os.getpid()}.tmp"
+  with open(temp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(temp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point as a function.
+
+
+def _pool(workers: int, counter):
+  # forkserver: workers fork from a clean server that has imported this module (and TF) once,
+  # not from a parent whose TF runtime may already hold threads and locks.
+  context = multiprocessing.get_context("forkserver")
+  context.set_forkserver_preload(["tfrecords.build"])
+  return context.Pool(workers, initializer=_init_worker, initargs=(counter,))
+
+
+def build(config: BuildConfig) -> Optional[dict]:
+  """Builds (or resumes, or finds complete) the dataset described by `config`.
+
+  Returns:
+    The dataset_info dict once every shard of the dataset exists; None when this host's
+    shards are done but other hosts' are not (rerun any host's command to finish).
+
+  Raises:
+    InputError: bad input, flags or output folder; raised before anything is written.
+  """
+  _check_config(config)
+  if config.input is None:
+    raise InputError("--input is required to build (or pass only --output_dir and --verify)")
+  workers = num_workers(config.num_workers)
+  context = multiprocessing.get_context("forkserver")
+  counter = context.Value("q", 0)
+  pool = _pool(workers, counter) if workers > 1 else None
+  try:
+    map_fn = (lambda f, xs: pool.imap(f, xs, chunksize=8)) if pool else map
+    started = time.monotonic()
+    source = sources.find_source(config.input, config.layout, config.classes_file,
+                                 config.validation_labels_file, map_fn)
+    tasks = _shards(source, config)
+    record = _build_record(source, config)
+    logging.info("Found %s in %.1f s (%s layout, %d classes).", ", ".join(
+        f"{len(v):,} {k} images" for k, v in source.splits.items()),
+        time.monotonic() - started, source.layout, len(source.classes))
+    info = _prepare_output(config, record)
+    if info is not None:
+      logging.info("%s already holds this dataset, complete; nothing to do.", config.output_dir)
+      return info
+    os.makedirs(os.path.join(config.output_dir, STATE_DIR), exist_ok=True)
+    dataset_info.write_json_atomic(
+        os.path.join(config.output_dir, STATE_DIR, STATE_FILENAME), record)
+
+    mine = [t for i, t in enumerate(tasks) if i % config.num_hosts == config.host_index]
+    todo = [t for t in mine if not _is_complete(t)]
+    if len(todo) < len(mine):
+      logging.info("Resuming: %d of this host's %d shards are already complete.",
+                   len(mine) - len(todo), len(mine))
+    progress = _Progress(sum(len(t.items) for t in todo), config.progress)
+    if pool is None:
+      _init_worker(counter)
+      for task in todo:
+        _write_shard(task)
+        progress.update(counter.value)
+    else:
+      results = pool.imap_unordered(_write_shard, todo)
+      for _ in todo:
+        while True:
+          try:
+            results.next(timeout=0.5)
+            break
+          except multiprocessing.TimeoutError:
+            progress.update(counter.value)
+    progress.update(counter.value, final=True)
+  finally:
+    if pool is not None:
+      pool.terminate()
+      pool.join()
+  remaining = [t for t in tasks if not _is_complete(t)]
+  if remaining:
+    logging.info("This host's shards are done; %d shards of other hosts remain. The host that "
+                 "finishes last writes %s (or rerun this command then).", len(remaining),
+                 dataset_info.FILENAME)
+    return None
+  info = _finalize(tasks, source, config, record)
+  logging.info("Wrote %s: %s.", config.output_dir, ", ".join(
+      f"{k} {v['num_examples']:,} images in {v['num_shards']} shards "
+      f"({v['num_skipped']} skipped)" for k, v in info["splits"].items()))
+  return info
+
+
+# ---------------------------------------------------------------------------------------------
+# --verify
+
+
+def _first(feature_map, key: str, kind: str):
+  """The first value of a feature; KeyError/IndexError when it is absent or empty."""
+  return getattr(feature_map[key], kind).value[0]
+
+
+def _verify_shard(args) -> tuple[str, int, list[str]]:
+  path, expected, classes, image_size = args
+  name = os.path.basename(path)
+  problems, count = [], 0
+  if not os.path.exists(path):
+    return name, 0, [f"{name}: missing"]
+  try:
+    for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+      count += 1
+      where = f"{name} record {count - 1}"
+      try:
+        parsed = tf.train.Example.FromString(raw).features.feature
+        label = _first(parsed, features.LABEL, "int64_list")
+        synset = _first(parsed, features.SYNSET, "bytes_list").decode()
+        text = _first(parsed, features.TEXT, "bytes_list").decode()
+        height = _first(parsed, features.HEIGHT, "int64_list")
+        width = _first(parsed, features.WIDTH, "int64_list")
+        encoded = _first(parsed, features.ENCODED, "bytes_list")
+        filename = _first(parsed, features.FILENAME, "bytes_list").decode()
+      except (KeyError, IndexError, ValueError, UnicodeDecodeError) as e:
+        problems.append(f"{where}: malformed example ({type(e).__name__}: {e})")
+        continue
+      if not 0 <= label < len(classes):
+        problems.append(f"{where} ({filename}): label {label} not in 0..{len(classes) - 1}")
+      elif [synset, text] != list(classes[label]):
+        problems.append(f"{where} ({filename}): label {label} is {classes[label]}, but the "
+                        f"record names {synset!r} / {text!r}")
+      try:
+        decoded = Image.open(io.BytesIO(encoded))
+        decoded.load()
+        if decoded.format != "JPEG" or decoded.mode != "RGB":
+          problems.append(f"{where} ({filename}): {decoded.format} {decoded.mode}, expected "
+                          "an RGB JPEG")
+        if decoded.size != (width, height):
+          problems.append(f"{where} ({filename}): image is {decoded.size[0]}x"
+                          f"{decoded.size[1]}, the record says {width}x{height}")
+        if image_size and decoded.size != (image_size, image_size):
+          problems.append(f"{where} ({filename}): image is {decoded.size[0]}x"
+                          f"{decoded.size[1]}, dataset_info says {image_size}x{image_size}")
+      except Exception as e:  # whatever Pillow raises on damaged bytes
+        problems.append(f"{where} ({filename}): does not decode: {e}")
+  except tf.errors.OpError as e:
+    problems.append(f"{name}: unreadable after {count} records: {e.message}")
+  if count != expected:
+    problems.append(f"{name}: {count} records, dataset_info says {expected}")
+  return name, count, problems
+
+
+def verify(output_dir: str, workers: int = 0, progress: bool = True) -> list[str]:
+  """Re-reads every shard: record counts, CRCs, JPEG decoding, labels and names.
+
+  Returns the problems found (empty: the dataset is sound). Raises InputError when
+  output_dir has no dataset_info.json.
+  """
+  try:
+    info = dataset_info.read(output_dir)
+  except ValueError as e:
+    raise InputError(str(e)) from None
+  if info is None:
+    raise InputError(f"--output_dir={output_dir} has no {dataset_info.FILENAME}: nothing to "
+                     "verify (build it first: python -m tfrecords.build --input=... "
+                     f"--output_dir={output_dir})")
+  classes = [list(c) for c in info["classes"]]
+  jobs = []
+  for split, meta in sorted(info["splits"].items()):
+    lengths = meta.get("shard_lengths") or [None] * meta["num_shards"]
+    for index, expected in enumerate(lengths):
+      jobs.append((os.path.join(output_dir, features.shard_name(split, index,
+                                                                meta["num_shards"])),
+                   expected, classes, info.get("image_size")))
+  bar = _Progress(len(jobs), progress, unit="shards")
+  workers = num_workers(workers)
+  pool = _pool(workers, None) if workers > 1 else None
+  problems = []
+  try:
+    for _, _, found in (pool.imap(_verify_shard, jobs) if pool else map(_verify_shard, jobs)):
+      problems.extend(found)
+      bar.update(bar.done + 1)
+  finally:
+    if pool is not None:
+      pool.terminate()
+      pool.join()
+  bar.update(bar.done, final=True)
+  return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+
+
+def main(argv) -> None:
+  from absl import app, flags  # only the entry point reads flags
+  del app
+  FLAGS = flags.FLAGS
+  if len(argv) > 1:
+    raise SystemExit(f"unexpected arguments: {argv[1:]}")
+  resize = FLAGS.resize.strip().lower()
+  if resize != "none" and not resize.isdigit():
+    raise SystemExit(f"error: --resize={FLAGS.resize}: expected a size such as 256, or 'none'")
+  config = BuildConfig(
+      input=FLAGS.input, output_dir=FLAGS.output_dir, layout=FLAGS.layout,
+      image_size=None if resize == "none" else int(resize), jpeg_quality=FLAGS.jpeg_quality,
+      train_shards=FLAGS.train_shards, validation_shards=FLAGS.validation_shards,
+      seed=FLAGS.seed, classes_file=FLAGS.classes_file,
+      validation_labels_file=FLAGS.validation_labels_file, num_workers=FLAGS.num_workers,
+      host_index=FLAGS.host_index, num_hosts=FLAGS.num_hosts, overwrite=FLAGS.overwrite,
+      progress=FLAGS.progress)
+  try:
+    if config.input is not None or not FLAGS.verify:
+      info = build(config)
+      if info is None:
+        return
+    if FLAGS.verify:
+      problems = verify(config.output_dir, config.num_workers, config.progress)
+      for problem in problems[:100]:
+        print(problem, file=sys.stderr)
+      if problems:
+        raise SystemExit(f"verify: {len(problems)} problems in {config.output_dir}")
+      print(f"verify: every shard of {config.output_dir} is sound", file=sys.stderr)
+  except InputError as e:
+    raise SystemExit(f"error: {e}") from None
+
+
+def _define_flags() -> None:
+  from absl import flags
+  flags.DEFINE_string("input", None, "Folder with ILSVRC2012_img_{train,val}.tar, or train/ and "
+                      "val/ folders (ILSVRC extracted, or any <split>/<class>/ images).")
+  flags.DEFINE_string("output_dir", None, "Where the shards and dataset_info.json go.")
+  flags.DEFINE_enum("layout", "auto", sources.LAYOUTS, "Force the input layout.")
+  flags.DEFINE_string("resize", str(DEFAULT_IMAGE_SIZE), "Shorter side resized to N, then the "
+                      "central NxN crop (the paper: 256); 'none' keeps the original pixels.")
+  flags.DEFINE_integer("jpeg_quality", DEFAULT_JPEG_QUALITY, "JPEG quality of re-encoded images.")
+  flags.DEFINE_integer("train_shards", DEFAULT_TRAIN_SHARDS, "Training shards.")
+  flags.DEFINE_integer("validation_shards", DEFAULT_VALIDATION_SHARDS, "Validation shards.")
+  flags.DEFINE_integer("seed", 0, "Seed of the order of images across shards.")
+  flags.DEFINE_string("classes_file", None, "'class_id<TAB>name' lines replacing the packaged "
+                      "1000 ILSVRC-2012 classes (or naming class folders).")
+  flags.DEFINE_string("validation_labels_file", None, "Labels of a flat validation folder: one "
+                      "class id per line in sorted file order, or 'filename class_id' lines. "
+                      "Default for ILSVRC2012_val_*.JPEG: the packaged ground truth.")
+  flags.DEFINE_integer("num_workers", 0, "Worker processes; 0: one per core.")
+  flags.DEFINE_integer("host_index", 0, "This machine's index when --num_hosts > 1.")
+  flags.DEFINE_integer("num_hosts", 1, "Machines writing disjoint shards of one dataset into "
+                       "a shared --output_dir (run the same command on each).")
+  flags.DEFINE_bool("overwrite", False, "Replace a different dataset in --output_dir.")
+  flags.DEFINE_bool("verify", False, "Afterwards, re-read every shard and check it.")
+  flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+  flags.mark_flag_as_required("output_dir")
+
+
+if __name__ == "__main__":
+  # Run the functions of the module imported under its own name, so what the worker processes
+  # unpickle is tfrecords.build.X (the module the forkserver preloads), not __main__.X.
+  from absl import app
+  from tfrecords import build as _build
+  _build._define_flags()
+  app.run(_build.main)
