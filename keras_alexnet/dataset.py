@@ -366,11 +366,13 @@ def synthetic_batch(batch_size: int, num_classes: int, seed=(0, 0)):
   benchmarking the model without I/O. Call it inside the step to make the batch on the
   device; `create_split` with synthetic=True repeats one such batch."""
   seed = tf.convert_to_tensor(seed)
-  image_seed, label_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  image_seed, label_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2, alg=preprocessing.RNG))
   size = preprocessing.STORED_SIZE
   images = tf.random.stateless_uniform([batch_size, size, size, 3], image_seed, 0, 256,
-                                       dtype=tf.int32)
-  labels = tf.random.stateless_uniform([batch_size], label_seed, 0, num_classes, dtype=tf.int32)
+                                       dtype=tf.int32, alg=preprocessing.RNG)
+  labels = tf.random.stateless_uniform([batch_size], label_seed, 0, num_classes, dtype=tf.int32,
+                                       alg=preprocessing.RNG)
   return tf.cast(images, tf.uint8), labels
 
 

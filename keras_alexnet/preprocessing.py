@@ -44,6 +44,10 @@ IMAGENET_EIGENVECTORS = (
 PCA_STDDEV = 0.1
 
 MEANS = ("per_pixel", "per_channel")
+# Philox by name: "auto_select" picks a different generator under XLA, so the same seed would
+# give other crops in a jit-compiled step than eagerly.
+RNG = "philox"
+_UNIFORM_STEPS = 1 << 24   # float32 resolution of the uniform draws behind alpha.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,15 +228,16 @@ def augment(images, stats: Statistics, config: AugmentConfig = AugmentConfig(),
                      f" {seed.shape}.")
   batch = tf.shape(images)[0]
   crop_seed, mirror_seed, pca_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 3))
+      tf.random.experimental.stateless_split(seed, 3, alg=RNG))
 
   if config.random_crop:
     offsets = tf.random.stateless_uniform([batch, 2], crop_seed, minval=0,
-                                          maxval=MAX_OFFSET + 1, dtype=tf.int32)
+                                          maxval=MAX_OFFSET + 1, dtype=tf.int32, alg=RNG)
   else:
     offsets = tf.fill([batch, 2], CENTER_OFFSET)
   if config.mirror:
-    mirrored = tf.random.stateless_uniform([batch], mirror_seed) < 0.5
+    mirrored = tf.random.stateless_uniform([batch], mirror_seed, minval=0, maxval=2,
+                                           dtype=tf.int32, alg=RNG) == 1
   else:
     mirrored = tf.zeros([batch], tf.bool)
 
@@ -245,7 +250,12 @@ def augment(images, stats: Statistics, config: AugmentConfig = AugmentConfig(),
   crops -= mean
 
   if config.pca_lighting:
-    alpha = tf.random.stateless_normal([batch, 3], pca_seed, stddev=PCA_STDDEV)
+    # N(0, 0.1) by the inverse CDF of uniform integers: XLA turns random bits into floats
+    # and normals differently from TF's kernels, and eager and compiled steps must agree.
+    bits = tf.random.stateless_uniform([batch, 3], pca_seed, minval=0, maxval=_UNIFORM_STEPS,
+                                       dtype=tf.int32, alg=RNG)
+    uniform = (tf.cast(bits, tf.float32) + 0.5) / _UNIFORM_STEPS
+    alpha = PCA_STDDEV * tf.math.ndtri(uniform)
     crops += lighting(alpha, stats)[:, None, None, :]
   return crops
 
