@@ -1,0 +1,334 @@
+"""The workdir: checkpoints written atomically, the run's metadata, and `load_model`.
+
+A workdir holds
+
+  config.json        what load_model needs to rebuild the model (ModelConfig fields, classes,
+                     data_dir) and the whole training config, for the record
+  flags.txt          the flags in effect, as a flagfile
+  statistics.npz     the mean and PCA training used (evaluation and export subtract the same)
+  checkpoints/step-00001234/{ckpt.index, ckpt.data-*, state.json}
+  checkpoints/best.json   which step had the lowest validation error
+  tensorboard/{train,validation}/
+
+A checkpoint is written into checkpoints/.tmp-step-*, then renamed into place, so a directory
+named step-* is always complete: a process killed while writing leaves only a .tmp-* folder,
+removed at the next start, and the last good checkpoint loads. Should a checkpoint still fail to
+load (a disk error, a copy cut short), the next older one is used, with a warning; a run never
+restarts from step 0 while the workdir holds checkpoints.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Optional
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_alexnet import dataset_info
+from keras_alexnet import model as model_lib
+from keras_alexnet import preprocessing
+
+CONFIG_FILE = "config.json"
+FLAGS_FILE = "flags.txt"
+STATISTICS_FILE = "statistics.npz"
+CHECKPOINT_DIR = "checkpoints"
+BEST_FILE = "best.json"
+STATE_FILE = "state.json"
+PREFIX = "ckpt"
+_STEP_RE = re.compile(r"^step-(\d{8,})$")
+_TMP = ".tmp-"
+
+
+# ---------------------------------------------------------------------------------------------
+# The model a run describes.
+
+
+def tiny_model(num_classes: int) -> keras.Model:
+  """Tests only (--tiny_model): two small conv layers and a classifier on the same 224x224
+  input, so that tests of checkpoints, resumption and strategies run in seconds. Layer names
+  are fixed so that checkpoints match across processes."""
+  # The paper's N(0, 0.01) init suits inputs on the 0..255 scale, as AlexNet's does.
+  init = keras.initializers.RandomNormal(stddev=model_lib.INIT_STDDEV)
+  inputs = keras.Input((model_lib.IMAGE_SIZE, model_lib.IMAGE_SIZE, 3), name="images")
+  x = keras.layers.Conv2D(8, 11, strides=8, activation="relu", kernel_initializer=init,
+                          name="conv1")(inputs)
+  x = keras.layers.MaxPooling2D(3, strides=3, name="pool1")(x)
+  x = keras.layers.Conv2D(16, 3, activation="relu", kernel_initializer=init, name="conv2")(x)
+  x = keras.layers.GlobalAveragePooling2D(name="pool2")(x)
+  x = keras.layers.Dropout(0.1, name="dropout")(x)
+  outputs = keras.layers.Dense(num_classes, kernel_initializer=init, name="fc")(x)
+  return keras.Model(inputs, outputs, name="tiny")
+
+
+def build_model(model_config: model_lib.ModelConfig, tiny: bool = False) -> keras.Model:
+  """AlexNet from `model_config` (logits), or the test-only tiny net."""
+  if tiny:
+    return tiny_model(model_config.num_classes)
+  return model_lib.alexnet(model_config)
+
+
+def model_config_to_json(config: model_lib.ModelConfig) -> dict:
+  fields = dataclasses.asdict(config)
+  fields["remove"] = list(config.remove)
+  fields.pop("devices")   # Placement is the trainer's business; weights are the same.
+  fields.pop("softmax")
+  return fields
+
+
+def model_config_from_json(fields: dict) -> model_lib.ModelConfig:
+  known = {f.name for f in dataclasses.fields(model_lib.ModelConfig)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f"config.json has model_config fields {unknown} this version of "
+                     "keras_alexnet does not know.")
+  # JSON has lists where the dataclass has tuples (remove, input_shape).
+  fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+  return model_lib.ModelConfig(**fields)
+
+
+def checkpointed_variables(model: keras.Model) -> dict:
+  """The model's variables by path, the keys of its checkpoints.
+
+  Dropout's seed-generator states are left out: the trainer sets them from (seed, step,
+  replica) before every step, and their names depend on how many were made before.
+  """
+  return {v.path: v for v in model.variables if "seed_generator" not in v.path}
+
+
+# ---------------------------------------------------------------------------------------------
+# Run metadata.
+
+
+def write_json_atomic(path: str, obj) -> None:
+  dataset_info.write_json_atomic(path, obj)
+
+
+def read_metadata(workdir: str) -> dict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} is not a training workdir: it has no {CONFIG_FILE}.")
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP)
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def save_statistics(workdir: str, stats: preprocessing.Statistics) -> None:
+  arrays = dict(mean_rgb=stats.mean_rgb, eigenvalues=stats.eigenvalues,
+                eigenvectors=stats.eigenvectors, source=np.array(stats.source))
+  if stats.mean_image is not None:
+    arrays["mean_image"] = stats.mean_image
+  fd, tmp = tempfile.mkstemp(dir=workdir, prefix=_TMP, suffix=".npz")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, os.path.join(workdir, STATISTICS_FILE))
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def load_statistics(workdir: str) -> preprocessing.Statistics:
+  """The mean and PCA the run in `workdir` trained with."""
+  path = os.path.join(workdir, STATISTICS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} has no {STATISTICS_FILE}: not a training workdir.")
+  with np.load(path) as z:
+    return preprocessing.Statistics(
+        mean_image=z["mean_image"] if "mean_image" in z else None, mean_rgb=z["mean_rgb"],
+        eigenvalues=z["eigenvalues"], eigenvectors=z["eigenvectors"],
+        source=f"{path} (from {z['source']})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+class CheckpointStore:
+  """The step-* checkpoints of a workdir: atomic writes, pruning, fallback on load.
+
+  is_chief=False (other workers of a multi-worker run) writes into a private temporary folder
+  and deletes it: every worker must take part in saving distributed variables, but only the
+  chief's copy is kept.
+  """
+
+  def __init__(self, workdir: str, keep: int = 3, is_chief: bool = True, worker_id: int = 0):
+    self.directory = os.path.join(workdir, CHECKPOINT_DIR)
+    self.keep = keep
+    self.is_chief = is_chief
+    self.worker_id = worker_id
+
+  # Reading. ------------------------------------------------------------------------------------
+
+  def steps(self) -> list:
+    """Steps of the complete checkpoints, oldest first."""
+    if not os.path.isdir(self.directory):
+      return []
+    found = []
+    for name in os.listdir(self.directory):
+      match = _STEP_RE.match(name)
+      if match and os.path.exists(os.path.join(self.directory, name, STATE_FILE)):
+        found.append(int(match.group(1)))
+    return sorted(found)
+
+  def path(self, step: int) -> str:
+    return os.path.join(self.directory, f"step-{step:08d}")
+
+  def prefix(self, step: int) -> str:
+    return os.path.join(self.path(step), PREFIX)
+
+  def best(self) -> Optional[dict]:
+    path = os.path.join(self.directory, BEST_FILE)
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      return json.load(f)
+
+  def restore(self, checkpoint: tf.train.Checkpoint) -> Optional[dict]:
+    """Restores the newest checkpoint that loads; returns its state dict, or None if the
+    workdir has none. Raises RuntimeError if there are checkpoints but none loads."""
+    steps = self.steps()
+    errors = []
+    for step in reversed(steps):
+      try:
+        with open(os.path.join(self.path(step), STATE_FILE)) as f:
+          state = json.load(f)
+        checkpoint.read(self.prefix(step)).assert_existing_objects_matched()
+      except (OSError, ValueError, AssertionError, tf.errors.OpError) as e:
+        logging.warning("Checkpoint %s does not load (%s); trying the one before.",
+                        self.path(step), str(e).splitlines()[0][:300])
+        errors.append(f"{self.path(step)}: {str(e).splitlines()[0][:300]}")
+        continue
+      logging.info("Restored %s.", self.path(step))
+      return state
+    if errors:
+      raise RuntimeError(
+          "No checkpoint in the workdir loads, so the run cannot resume (it will not silently "
+          "start again from step 0). Pass --resume=false to start afresh (the checkpoints are "
+          "moved aside), or use another --workdir. Errors:\n  " + "\n  ".join(errors))
+    return None
+
+  # Writing. ------------------------------------------------------------------------------------
+
+  def clean_partial(self) -> None:
+    """Removes what a process killed while writing left behind (chief only)."""
+    if not self.is_chief or not os.path.isdir(self.directory):
+      return
+    for name in os.listdir(self.directory):
+      if name.startswith(_TMP):
+        logging.warning("Removing %s, a checkpoint whose writing was interrupted.", name)
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+  def save(self, checkpoint: tf.train.Checkpoint, step: int, state: dict,
+           best: Optional[dict] = None) -> Optional[str]:
+    """Writes checkpoint + state as step-<step>, atomically; `best` (a dict with the
+    validation error) marks it as the best so far. Returns its path (None if not chief)."""
+    os.makedirs(self.directory, exist_ok=True)
+    final = self.path(step)
+    if not self.is_chief:
+      tmp = tempfile.mkdtemp(dir=self.directory, prefix=f"{_TMP}worker{self.worker_id}-")
+      try:
+        checkpoint.write(os.path.join(tmp, PREFIX))
+      finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+      return None
+    if not os.path.exists(final):
+      tmp = tempfile.mkdtemp(dir=self.directory, prefix=f"{_TMP}step-{step:08d}-")
+      try:
+        checkpoint.write(os.path.join(tmp, PREFIX))
+        with open(os.path.join(tmp, STATE_FILE), "w") as f:
+          json.dump(state, f, indent=2, sort_keys=True)
+          f.flush()
+          os.fsync(f.fileno())
+        os.replace(tmp, final)
+      except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if best is not None:
+      write_json_atomic(os.path.join(self.directory, BEST_FILE), {"step": step, **best})
+    self._prune()
+    return final
+
+  def _prune(self):
+    best = self.best()
+    keep = set(self.steps()[-self.keep:])
+    if best is not None:
+      keep.add(int(best["step"]))
+    for step in self.steps():
+      if step not in keep:
+        shutil.rmtree(self.path(step), ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a trained model.
+
+
+def _resolve(path: str, which: str):
+  """(workdir, checkpoint prefix) for a workdir, a step-* folder or a prefix."""
+  path = os.path.abspath(path)
+  if os.path.exists(os.path.join(path, CONFIG_FILE)):
+    store = CheckpointStore(path)
+    steps = store.steps()
+    if not steps:
+      raise FileNotFoundError(f"{path} holds no checkpoint (no {CHECKPOINT_DIR}/step-* folder "
+                              "with a state.json): has training saved one yet?")
+    step = steps[-1]
+    if which == "best":
+      best = store.best()
+      if best is None or int(best["step"]) not in steps:
+        logging.warning("%s has no best checkpoint (no validation yet); using the latest, "
+                        "step %d.", path, step)
+      else:
+        step = int(best["step"])
+    elif which != "latest":
+      raise ValueError(f"which must be 'best' or 'latest'; received {which!r}.")
+    return path, store.prefix(step)
+  if os.path.isdir(path) and os.path.exists(os.path.join(path, PREFIX + ".index")):
+    path = os.path.join(path, PREFIX)
+  if not os.path.exists(path + ".index"):
+    raise FileNotFoundError(f"{path} is neither a training workdir (with {CONFIG_FILE}) nor a "
+                            "checkpoint (a prefix with a .index file).")
+  workdir = os.path.dirname(os.path.dirname(os.path.dirname(path)))
+  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    raise FileNotFoundError(f"{path}: no {CONFIG_FILE} in {workdir}, so the model it belongs "
+                            f"to is unknown (expected <workdir>/{CHECKPOINT_DIR}/step-*/ckpt).")
+  return workdir, path
+
+
+def load_model(path: str, which: str = "best") -> tuple:
+  """(keras.Model with the checkpoint's weights, producing logits; the run's metadata).
+
+  path: a training workdir (which: "best" by validation error, or "latest"), a step-* folder,
+  or a checkpoint prefix .../checkpoints/step-*/ckpt. The metadata is config.json plus
+  "workdir" and "checkpoint" (the prefix loaded).
+  """
+  workdir, prefix = _resolve(path, which)
+  metadata = read_metadata(workdir)
+  model_config = model_config_from_json(metadata["model_config"])
+  model = build_model(model_config, tiny=metadata.get("tiny_model", False))
+  checkpoint = tf.train.Checkpoint(model=checkpointed_variables(model))
+  try:
+    # expect_partial: the optimizer's slots and the step counters are not needed here.
+    checkpoint.read(prefix).expect_partial().assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    raise ValueError(f"{prefix} does not match the model described by {workdir}/{CONFIG_FILE}: "
+                     f"{str(e).splitlines()[0][:500]}") from e
+  return model, {**metadata, "workdir": workdir, "checkpoint": prefix}

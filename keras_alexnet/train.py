@@ -1,0 +1,49 @@
+"""Trains AlexNet as the paper does (section 5), resumably.
+
+  python -m keras_alexnet.train --flagfile=flags/paper.cfg --data_dir=... --workdir=...
+
+Flags after --flagfile override it. Rerunning the same command resumes from the workdir's last
+checkpoint. Exit status: 0 done; 1 an error (a NaN/Inf loss, bad flags or data, a failed
+worker); 128 + N when signal N (SIGTERM, SIGINT) stopped the run after saving a checkpoint.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from keras_alexnet import config as config_lib
+
+config_lib.define_train_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}; every setting is a --flag.")
+  if FLAGS.num_cpu_devices:
+    # Must precede any other use of TF, which fixes the device list on first use.
+    import tensorflow as tf   # pylint: disable=g-import-not-at-top
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration()] * FLAGS.num_cpu_devices)
+  from keras_alexnet import training   # pylint: disable=g-import-not-at-top
+  import tensorflow as tf   # pylint: disable=g-import-not-at-top
+  try:
+    config = config_lib.config_from_flags(FLAGS)
+    training.train_and_evaluate(config, FLAGS.workdir, config_lib.flags_text(FLAGS, sys.argv))
+  except training.Stopped as e:
+    logging.warning("%s", e)
+    sys.exit(128 + e.signum)
+  except (ValueError, FileNotFoundError, RuntimeError) as e:
+    # RuntimeError covers NonFiniteLossError and unloadable checkpoints.
+    sys.exit(f"error: {e}")
+  except tf.errors.OpError as e:
+    sys.exit(f"error: {type(e).__name__}: {e.message.strip()[:2000]}\nIf this is a multi-worker "
+             "run, a peer worker has probably failed; restart all workers to resume from the "
+             "last checkpoint.")
+
+
+if __name__ == "__main__":
+  app.run(main)

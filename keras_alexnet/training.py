@@ -1,0 +1,593 @@
+"""train_and_evaluate: the paper's training (section 5) in a custom loop under a tf.distribute
+strategy, resumable at any step.
+
+Per step, on each replica: the uint8 batch the input pipeline yields is augmented on the device
+(preprocessing.augment, seeded by (seed, global step, replica)), the model runs with dropout
+seeded the same way, the loss is the summed cross-entropy over the replica's examples divided
+by the *global* batch (so the replicas' gradients, summed by the all-reduce, are the gradient of
+the global batch's mean loss), and PaperSGD applies the paper's update once to the summed
+gradient. Every random choice is a function of (seed, step, replica) and the data order of
+(seed, epoch), so a run resumed from step k repeats exactly what an uninterrupted run does
+after step k (bit for bit with --deterministic).
+
+After each epoch: validation error (centre crop), the learning-rate schedule, a checkpoint
+(kept as "best" when the validation error is the lowest so far), TensorBoard summaries.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Optional
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_alexnet import checkpointing
+from keras_alexnet import config as config_lib
+from keras_alexnet import dataset as dataset_lib
+from keras_alexnet import optimizer as optimizer_lib
+from keras_alexnet import preprocessing
+
+# Seeds of the random streams, folded with the step and the replica.
+_AUGMENT_STREAM = 0
+_DROPOUT_STREAM = 1
+SUMMARY_IMAGES = 3          # Augmented inputs shown in TensorBoard each epoch.
+KERNEL_ZOOM = 4             # conv1 kernels are 11x11: enlarged so that TensorBoard shows them.
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or Inf; training stopped without saving."""
+
+
+class Stopped(Exception):
+  """A signal (SIGTERM, SIGINT) stopped training after saving a checkpoint."""
+
+  def __init__(self, signum, step):
+    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}, after saving "
+                     "a checkpoint; run the same command again to resume.")
+    self.signum = signum
+    self.step = step
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and strategies.
+
+
+def _known_devices():
+  names = set()
+  for device in tf.config.list_logical_devices():
+    names.add(device.name.lower())
+    names.add(device.name.lower().replace("/job:localhost/replica:0/task:0/device:", "/"))
+  return names
+
+
+def _check_devices(devices):
+  known = _known_devices()
+  missing = [d for d in devices if d.lower() not in known]
+  if missing:
+    raise ValueError(f"--devices {missing} not found; this machine has "
+                     f"{sorted(d.name for d in tf.config.list_logical_devices())}.")
+
+
+def make_strategy(train: config_lib.TrainConfig):
+  """(strategy, the model's two tower devices or None) for --strategy."""
+  gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+  devices = list(train.devices)
+  if devices:
+    _check_devices(devices)
+  if train.strategy == "one_device":
+    if len(devices) > 1:
+      raise ValueError(f"--strategy=one_device takes at most one device; received {devices}.")
+    device = devices[0] if devices else (gpus[0] if gpus else "/cpu:0")
+    return tf.distribute.OneDeviceStrategy(device), None
+  if train.strategy == "mirrored":
+    return tf.distribute.MirroredStrategy(devices or None), None
+  if train.strategy == "two_tower":
+    if not devices:
+      devices = gpus[:2] if len(gpus) >= 2 else [
+          d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    if len(devices) < 2:
+      raise ValueError(
+          "--strategy=two_tower puts tower a and tower b on two devices but this machine has "
+          f"{sorted(d.name for d in tf.config.list_logical_devices())}. Use a machine with two "
+          "GPUs, name two with --devices, or split the CPU with --num_cpu_devices=2.")
+    return tf.distribute.OneDeviceStrategy(devices[0]), tuple(devices[:2])
+  if train.strategy == "multi_worker":
+    tf_config = os.environ.get("TF_CONFIG")
+    if not tf_config:
+      raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                       "(cluster and task; see README.md, 'Train and evaluate').")
+    try:
+      json.loads(tf_config)["cluster"]
+    except (ValueError, KeyError, TypeError):
+      raise ValueError(f"TF_CONFIG must be JSON with a 'cluster' and a 'task'; received "
+                       f"{tf_config!r}.") from None
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=train.collective_timeout or None)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options), None
+  raise ValueError(f"--strategy must be one of {config_lib.STRATEGIES}; received "
+                   f"{train.strategy!r}.")
+
+
+def _worker_id(strategy) -> int:
+  resolver = getattr(strategy, "cluster_resolver", None)
+  return int(getattr(resolver, "task_id", 0) or 0) if resolver else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps.
+
+
+def _step_seed(seed, step, replica, stream):
+  """A stateless seed [2] for (base seed, global step, replica id, stream)."""
+  s = tf.constant([seed, stream], tf.int64)
+  s = tf.random.experimental.stateless_fold_in(s, tf.cast(step, tf.int64))
+  return tf.random.experimental.stateless_fold_in(s, tf.cast(replica, tf.int64))
+
+
+def _metrics(logits, labels):
+  logits = tf.cast(logits, tf.float32)
+  losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+  top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32))
+  top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 5), tf.float32))
+  return losses, top1, top5
+
+
+def make_train_step(model, optimizer, strategy, stats, augment, global_batch, seed, xla):
+  """train_step(images, labels, step, stop) -> (loss sum, top-1 hits, top-5 hits, stops), each
+  summed over all replicas: `stops` > 0 when any worker was asked to stop (so all stop at
+  the same step)."""
+  seed_states = [layer.seed_generator.state for layer in model.layers
+                 if isinstance(layer, keras.layers.Dropout)]
+
+  def forward_backward(images, labels, augment_seed):
+    x = preprocessing.augment(images, stats, augment, augment_seed)
+    with tf.GradientTape() as tape:
+      logits = model(x, training=True)
+      losses, top1, top5 = _metrics(logits, labels)
+      # Divided by the global batch: the all-reduce sums the replicas' gradients.
+      loss = tf.reduce_sum(losses) / global_batch
+      scaled = optimizer.scale_loss(loss)
+    grads = tape.gradient(scaled, model.trainable_variables)
+    return grads, tf.reduce_sum(losses), top1, top5
+
+  if xla:
+    forward_backward = tf.function(forward_backward, jit_compile=True)
+
+  def replica_step(images, labels, step, stop):
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    dropout_seed = _step_seed(seed, step, replica, _DROPOUT_STREAM)
+    for i, state in enumerate(seed_states):
+      # Different masks on every replica and step, the same after a resume.
+      state.assign(tf.cast(tf.random.experimental.stateless_fold_in(dropout_seed, i),
+                           state.dtype))
+    grads, loss_sum, top1, top5 = forward_backward(
+        images, labels, _step_seed(seed, step, replica, _AUGMENT_STREAM))
+    optimizer.apply(grads, model.trainable_variables)
+    return loss_sum, top1, top5, stop
+
+  @tf.function
+  def train_step(images, labels, step, stop):
+    out = strategy.run(replica_step, args=(images, labels, step, stop))
+    loss_sum, top1, top5, stop = out
+    total = lambda x: strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None)
+    return total(loss_sum), total(top1), total(top5), total(stop)
+
+  return train_step
+
+
+def make_eval_step(model, strategy, stats, mean, distributed):
+  """eval_step(images, labels) -> (loss sum, top-1 hits, top-5 hits, examples) on the centre
+  crops; `distributed`: a batch from strategy.experimental_distribute_dataset."""
+
+  def replica_step(images, labels):
+    logits = model(preprocessing.center_crop(images, stats, mean), training=False)
+    losses, top1, top5 = _metrics(logits, labels)
+    return tf.reduce_sum(losses), top1, top5, tf.cast(tf.size(labels), tf.float32)
+
+  @tf.function
+  def eval_step(images, labels):
+    if not distributed:
+      return replica_step(images, labels)
+    out = strategy.run(replica_step, args=(images, labels))
+    return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, x, axis=None) for x in out)
+
+  return eval_step
+
+
+def evaluate_split(eval_step, strategy, data: dataset_lib.DataConfig, batch_size: int,
+                   steps: int, distributed: bool) -> dict:
+  """Validation loss and top-1/top-5 error over the whole split (or `steps` batches)."""
+  ds = dataset_lib.create_split(data, train=False, batch_size=batch_size)
+  if steps:
+    ds = ds.take(steps)
+  totals = np.zeros(4)
+  if distributed:
+    ds = strategy.experimental_distribute_dataset(ds)
+  for images, labels in ds:
+    totals += np.array([float(x) for x in eval_step(images, labels)])
+  loss, top1, top5, n = totals
+  if n == 0:
+    return {}
+  return {"loss": loss / n, "top1_error": 1 - top1 / n, "top5_error": 1 - top5 / n,
+          "examples": int(n)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries.
+
+
+def kernel_grid(kernels: np.ndarray, columns: int = 12) -> np.ndarray:
+  """conv1 kernels [h, w, 3, n] -> one RGB image [1, H, W, 3] in [0, 1], as the paper's
+  Figure 3 shows them: each kernel scaled on its own, 1-pixel gaps. With 96 kernels the first
+  4 rows are tower a's 48, the last 4 tower b's."""
+  h, w, _, n = kernels.shape
+  columns = columns if n % columns == 0 else int(math.ceil(math.sqrt(n)))
+  rows = int(math.ceil(n / columns))
+  grid = np.ones((rows * (h + 1) + 1, columns * (w + 1) + 1, 3), np.float32)
+  for i in range(n):
+    k = kernels[..., i]
+    scale = np.abs(k).max() or 1.0
+    r, c = divmod(i, columns)
+    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = (
+        0.5 + 0.5 * k / scale)
+  grid = np.repeat(np.repeat(grid, KERNEL_ZOOM, axis=0), KERNEL_ZOOM, axis=1)
+  return grid[None]
+
+
+def _display(images):
+  """Mean-subtracted float crops -> [0, 1] per image, for TensorBoard."""
+  lo = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
+  hi = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
+  return (images - lo) / tf.maximum(hi - lo, 1e-6)
+
+
+class _Writers:
+  """TensorBoard writers: the chief writes, the other workers write nothing."""
+
+  def __init__(self, workdir, active):
+    root = os.path.join(workdir, "tensorboard")
+    if active:
+      self.train = tf.summary.create_file_writer(os.path.join(root, "train"))
+      self.validation = tf.summary.create_file_writer(os.path.join(root, "validation"))
+    else:
+      self.train = self.validation = tf.summary.create_noop_writer()
+
+  def flush(self):
+    self.train.flush()
+    self.validation.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# The workdir.
+
+
+def _metadata(config, model_config, data_meta, stats, steps_per_epoch, strategy) -> dict:
+  """config.json; in its JSON form (lists, not tuples) so that it compares with a saved one."""
+  return json.loads(json.dumps({
+      "model_config": checkpointing.model_config_to_json(model_config),
+      "tiny_model": config.train.tiny_model,
+      "num_classes": model_config.num_classes,
+      "classes": data_meta.get("classes"),
+      "data_dir": config.data.data_dir,
+      "data": {"format": data_meta.get("format"), "num_examples": data_meta["num_examples"],
+               "label_offset": data_meta.get("label_offset")},
+      "statistics": checkpointing.STATISTICS_FILE,
+      "statistics_source": stats.source,
+      "augment": dataclasses.asdict(config.augment),
+      "train": {**dataclasses.asdict(config.train), "steps_per_epoch": steps_per_epoch,
+                "replicas": strategy.num_replicas_in_sync,
+                "peak_learning_rate": config.train.peak_learning_rate()},
+  }))
+
+
+def _check_same_run(workdir, metadata):
+  """A resumed run must be the run the workdir holds: same model, classes, batch, epoch."""
+  try:
+    old = checkpointing.read_metadata(workdir)
+  except FileNotFoundError:
+    return
+  checks = [("model_config", old.get("model_config"), metadata["model_config"]),
+            ("tiny_model", old.get("tiny_model", False), metadata["tiny_model"]),
+            ("num_classes", old.get("num_classes"), metadata["num_classes"])]
+  for key in ("batch_size", "steps_per_epoch", "seed"):
+    checks.append((key, old.get("train", {}).get(key), metadata["train"][key]))
+  checks.append(("lr_schedule", old.get("train", {}).get("schedule", {}).get("kind"),
+                 metadata["train"]["schedule"]["kind"]))
+  for name, was, now in checks:
+    if was != now:
+      raise ValueError(
+          f"{workdir} holds a run with {name}={was!r}, but this run has {name}={now!r}; "
+          "resuming would mix two different runs. Use another --workdir, or --resume=false to "
+          "start afresh here (the old checkpoints are moved aside, not deleted).")
+
+
+def _move_aside(workdir):
+  """--resume=false: the previous run's checkpoints and events go to a dated folder."""
+  moved = [n for n in (checkpointing.CHECKPOINT_DIR, "tensorboard")
+           if os.path.exists(os.path.join(workdir, n))]
+  if not moved:
+    return
+  target = os.path.join(workdir, time.strftime("previous-%Y%m%d-%H%M%S"))
+  os.makedirs(target)
+  for name in moved:
+    os.replace(os.path.join(workdir, name), os.path.join(target, name))
+  logging.warning("--resume=false: moved the previous run's %s to %s.", " and ".join(moved),
+                  target)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+class _SignalFlag:
+  """SIGTERM/SIGINT request a stop; the loop saves and exits after the current step."""
+
+  def __init__(self):
+    self.signum = 0
+    self._previous = {}
+
+  def __enter__(self):
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:   # Not the main thread: leave signals alone.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum:   # A second signal: stop at once.
+      raise KeyboardInterrupt
+    logging.warning("%s received: saving a checkpoint after this step, then exiting.",
+                    signal.Signals(signum).name)
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+
+def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str = "") -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the final validation results.
+
+  Everything that can be checked is checked before the workdir is touched. Raises
+  NonFiniteLossError on a NaN/Inf loss (nothing saved after the last good step) and Stopped
+  after a SIGTERM/SIGINT (a checkpoint saved).
+  """
+  config_lib.check_train_config(config)
+  t = config.train
+  data_meta = dataset_lib.dataset_metadata(config.data)
+  num_classes = data_meta["num_classes"]
+  if config.model.num_classes is not None and config.model.num_classes != num_classes:
+    raise ValueError(f"--num_classes={config.model.num_classes} but the dataset in "
+                     f"{config.data.data_dir} has {num_classes} classes; drop --num_classes "
+                     "or use a matching dataset.")
+  num_train = data_meta["num_examples"]["train"]
+  if num_train == 0:
+    raise FileNotFoundError(f"{config.data.data_dir} holds no training shards; build them with "
+                            f"`{dataset_lib.BUILD_COMMAND}`.")
+  has_validation = data_meta["num_examples"].get("validation", 0) > 0
+  if not has_validation and t.schedule.kind == "plateau":
+    logging.warning("No validation split: the plateau schedule will never lower the learning "
+                    "rate. Use --lr_schedule=step, or build a validation split.")
+  stats = (preprocessing.imagenet_statistics() if config.data.synthetic
+           else preprocessing.statistics_from_dataset_info(config.data.data_dir))
+
+  strategy, tower_devices = make_strategy(t)
+  replicas = strategy.num_replicas_in_sync
+  if t.batch_size % replicas:
+    raise ValueError(f"--batch_size={t.batch_size} (the global batch) is not divisible by the "
+                     f"{replicas} replicas of --strategy={t.strategy}; use a multiple of "
+                     f"{replicas}.")
+  steps_per_epoch = num_train // t.batch_size
+  if t.steps_per_epoch:
+    steps_per_epoch = min(steps_per_epoch, t.steps_per_epoch)
+  if steps_per_epoch == 0:
+    raise ValueError(f"The training split has {num_train} examples, fewer than one global "
+                     f"batch of {t.batch_size}.")
+  model_config = dataclasses.replace(config.model, num_classes=num_classes)
+  metadata = _metadata(config, model_config, data_meta, stats, steps_per_epoch, strategy)
+  if t.resume:
+    _check_same_run(workdir, metadata)
+
+  keras.mixed_precision.set_global_policy(t.precision)
+  try:
+    return _train(config, workdir, flags_text, strategy, tower_devices, model_config, metadata,
+                  stats, steps_per_epoch, has_validation)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def _train(config, workdir, flags_text, strategy, tower_devices, model_config, metadata, stats,
+           steps_per_epoch, has_validation):
+  t = config.train
+  if t.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  keras.utils.set_random_seed(t.seed)   # The initial weights.
+  peak_lr = t.peak_learning_rate()
+  with strategy.scope():
+    model = checkpointing.build_model(
+        dataclasses.replace(model_config, devices=tower_devices), tiny=t.tiny_model)
+    optimizer = optimizer_lib.PaperSGD(peak_lr, momentum=t.momentum,
+                                       weight_decay=t.weight_decay, decay_biases=t.decay_biases)
+    if t.precision == "mixed_float16":
+      optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)
+  checkpoint = tf.train.Checkpoint(model=checkpointing.checkpointed_variables(model),
+                                   optimizer=optimizer)
+
+  chief = strategy.extended.should_checkpoint
+  store = checkpointing.CheckpointStore(workdir, t.keep_checkpoints, chief, _worker_id(strategy))
+  if chief:
+    os.makedirs(workdir, exist_ok=True)
+    if not t.resume:
+      _move_aside(workdir)
+    store.clean_partial()
+    checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.CONFIG_FILE), metadata)
+    checkpointing.write_text_atomic(os.path.join(workdir, checkpointing.FLAGS_FILE), flags_text)
+    checkpointing.save_statistics(workdir, stats)
+
+  schedule = optimizer_lib.make_schedule(t.schedule, peak_lr)
+  state = store.restore(checkpoint) if t.resume else None
+  if state:
+    schedule.restore(state["schedule"])
+    step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch"]
+    best_error, history = state.get("best_top1_error"), state.get("history", [])
+    logging.info("Resuming at step %d: epoch %d, batch %d of %d, learning rate %g.", step,
+                 epoch + 1, batch_in_epoch, steps_per_epoch, float(optimizer.learning_rate))
+  else:
+    step = epoch = batch_in_epoch = 0
+    best_error, history = None, []
+    optimizer.learning_rate = schedule.learning_rate(0)
+    logging.info("Starting afresh: %d epochs of %d steps, global batch %d on %d replica(s), "
+                 "learning rate %g.", t.epochs, steps_per_epoch, t.batch_size,
+                 strategy.num_replicas_in_sync, peak_lr)
+
+  train_step = make_train_step(model, optimizer, strategy, stats, config.augment, t.batch_size,
+                               t.seed, t.xla)
+  distributed_eval = t.strategy != "multi_worker"
+  eval_step = make_eval_step(model, strategy, stats, config.augment.mean, distributed_eval)
+  writers = _Writers(workdir, strategy.extended.should_save_summary)
+  per_replica = t.batch_size // strategy.num_replicas_in_sync
+
+  def state_dict():
+    return {"step": step, "epoch": epoch, "batch": batch_in_epoch,
+            "steps_per_epoch": steps_per_epoch, "batch_size": t.batch_size,
+            "learning_rate": float(optimizer.learning_rate), "schedule": schedule.state(),
+            "best_top1_error": best_error, "history": history}
+
+  def save(best=None):
+    writers.flush()
+    path = store.save(checkpoint, step, state_dict(), best)
+    if path:
+      logging.info("Saved %s.", path)
+
+  def dataset_fn(epoch, skip):
+    def fn(context):
+      local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+      ds = dataset_lib.create_split(config.data, True, per_replica, input_context=context,
+                                    epoch=epoch, skip_batches=skip * local_replicas)
+      # Workers with fewer examples in their files wrap around rather than stall the others.
+      return ds.repeat() if context.num_input_pipelines > 1 else ds
+    return fn
+
+  last_val = history[-1]["validation"] if history else {}
+  with _SignalFlag() as signals:
+    while epoch < t.epochs:
+      iterator = iter(strategy.distribute_datasets_from_function(
+          dataset_fn(epoch, batch_in_epoch)))
+      progbar = (keras.utils.Progbar(steps_per_epoch, stateful_metrics=["img/s", "lr"])
+                 if chief and sys.stdout.isatty() else None)
+      window = np.zeros(4)   # loss sum, top-1 hits, top-5 hits, steps
+      window_start = time.perf_counter()
+      first_of_epoch, timed_steps = True, 0
+      while batch_in_epoch < steps_per_epoch:
+        images, labels = next(iterator)
+        if first_of_epoch and t.summary_images and batch_in_epoch == 0:
+          _summarize_inputs(writers, strategy, images, stats, config.augment, t.seed, step)
+        out = train_step(images, labels, tf.constant(step, tf.int64),
+                         tf.constant(float(signals.signum > 0)))
+        loss_sum, top1, top5, stop = (x.numpy() for x in out)
+        loss = loss_sum / t.batch_size
+        if not np.isfinite(loss):
+          writers.flush()
+          steps = store.steps()
+          raise NonFiniteLossError(
+              f"The loss is {loss} at step {step + 1} (epoch {epoch + 1}, batch "
+              f"{batch_in_epoch + 1}); stopping without saving. The last good checkpoint is "
+              + (f"{store.path(steps[-1])}." if steps else "none (none was saved yet).")
+              + " Lower --learning_rate or check the data.")
+        step += 1
+        batch_in_epoch += 1
+        window += (loss_sum, top1, top5, 1)
+        if first_of_epoch:   # Pipeline start-up (and tracing) is not throughput.
+          window_start, timed_steps, first_of_epoch = time.perf_counter(), 0, False
+        else:
+          timed_steps += 1
+        if progbar:
+          progbar.update(batch_in_epoch, [("loss", loss), ("top1_err", 1 - top1 / t.batch_size),
+                                          ("lr", float(optimizer.learning_rate))])
+        if step % t.log_every_steps == 0 or batch_in_epoch == steps_per_epoch:
+          _log_window(writers, window, timed_steps, window_start, step, epoch, batch_in_epoch,
+                      steps_per_epoch, t.batch_size, float(optimizer.learning_rate), chief)
+          window, window_start, timed_steps = np.zeros(4), time.perf_counter(), 0
+        if stop:
+          save()
+          raise Stopped(signals.signum or signal.SIGTERM, step)
+        if step % t.checkpoint_every_steps == 0 and batch_in_epoch < steps_per_epoch:
+          save()
+
+      # End of the epoch: validation, the schedule, a checkpoint.
+      val = {}
+      if has_validation:
+        val = evaluate_split(eval_step, strategy, config.data, t.batch_size, t.eval_steps,
+                             distributed_eval)
+      improved = bool(val) and (best_error is None or val["top1_error"] < best_error)
+      if improved:
+        best_error = val["top1_error"]
+      lr = float(optimizer.learning_rate)
+      if schedule.update(epoch, val.get("top1_error")):
+        logging.info("Validation error stopped improving: learning rate %g -> %g.", lr,
+                     schedule.learning_rate(epoch + 1))
+      history.append({"epoch": epoch + 1, "step": step, "learning_rate": lr, "validation": val})
+      _summarize_epoch(writers, model, val, step, t.summary_images)
+      logging.info("Epoch %d/%d done at step %d: validation %s.", epoch + 1, t.epochs, step,
+                   ", ".join(f"{k} {v:.4f}" for k, v in val.items()) or "skipped")
+      epoch += 1
+      batch_in_epoch = 0
+      optimizer.learning_rate = schedule.learning_rate(epoch)
+      last_val = val
+      save(best={"top1_error": best_error, "epoch": epoch} if improved else None)
+      if signals.signum:
+        raise Stopped(signals.signum, step)
+  writers.flush()
+  return {"step": step, "epoch": epoch, "validation": last_val, "best_top1_error": best_error}
+
+
+def _log_window(writers, window, timed_steps, start, step, epoch, batch, steps_per_epoch,
+                global_batch, lr, chief):
+  """Training scalars averaged over the steps since the last log line."""
+  loss_sum, top1, top5, steps = window
+  n = steps * global_batch
+  seconds = time.perf_counter() - start
+  images_per_second = timed_steps * global_batch / seconds if timed_steps else None
+  with writers.train.as_default(step=step):
+    tf.summary.scalar("loss", loss_sum / n)
+    tf.summary.scalar("top1_error", 1 - top1 / n)
+    tf.summary.scalar("top5_error", 1 - top5 / n)
+    tf.summary.scalar("learning_rate", lr)
+    if images_per_second:
+      tf.summary.scalar("images_per_second", images_per_second)
+  if chief:
+    logging.info("step %d (epoch %d, %d/%d): loss %.4f, top-1 error %.4f, top-5 error %.4f, "
+                 "lr %g, %s images/s", step, epoch + 1, batch, steps_per_epoch, loss_sum / n,
+                 1 - top1 / n, 1 - top5 / n, lr,
+                 f"{images_per_second:.1f}" if images_per_second else "-")
+
+
+def _summarize_inputs(writers, strategy, images, stats, augment, seed, step):
+  """A few inputs of the coming step, augmented as replica 0 will augment them."""
+  local = strategy.experimental_local_results(images)[0][:SUMMARY_IMAGES]
+  crops = preprocessing.augment(local, stats, augment,
+                                _step_seed(seed, step, 0, _AUGMENT_STREAM))
+  with writers.train.as_default(step=step):
+    tf.summary.image("augmented_inputs", _display(crops), max_outputs=SUMMARY_IMAGES)
+
+
+def _summarize_epoch(writers, model, val, step, images):
+  with writers.validation.as_default(step=step):
+    for key in ("loss", "top1_error", "top5_error"):
+      if key in val:
+        tf.summary.scalar(key, val[key])
+  if images:
+    conv1 = model.get_layer("conv1").kernel
+    with writers.train.as_default(step=step):
+      tf.summary.image("conv1_kernels", kernel_grid(np.asarray(conv1)))
+  writers.flush()

@@ -1,0 +1,60 @@
+"""Tiny real datasets for tests: 256x256 JPEG shards in the builder's format, with a
+dataset_info.json, written with keras_alexnet.features and keras_alexnet.dataset_info.
+
+The classes are learnable: class k's images have a bright square in a position and colour of
+their own over noise, so a few SGD steps lower the loss.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_alexnet import dataset_info
+from keras_alexnet import features
+
+SIZE = 256
+# (row, col, colour) of each class's square.
+_PATTERNS = [((40, 40), (255, 40, 40)), ((150, 150), (40, 255, 40)),
+             ((40, 150), (40, 40, 255)), ((150, 40), (255, 255, 40))]
+
+
+def make_image(label: int, rng: np.random.Generator) -> np.ndarray:
+  image = rng.integers(0, 80, (SIZE, SIZE, 3), dtype=np.uint8)
+  (r, c), colour = _PATTERNS[label % len(_PATTERNS)]
+  image[r:r + 70, c:c + 70] = colour
+  return image
+
+
+def write_dataset(data_dir: str, num_classes: int = 4, train: int = 32, validation: int = 16,
+                  train_shards: int = 2, validation_shards: int = 1, seed: int = 0,
+                  info: bool = True) -> str:
+  """Writes train/validation shards (+ dataset_info.json) into data_dir; returns data_dir."""
+  os.makedirs(data_dir, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  classes = [[f"n{k:08d}", f"class {k}"] for k in range(num_classes)]
+  total = np.zeros(3)
+  for split, count, shards in (("train", train, train_shards),
+                               ("validation", validation, validation_shards)):
+    writers = [tf.io.TFRecordWriter(os.path.join(data_dir, features.shard_name(split, i, shards)))
+               for i in range(shards)]
+    for i in range(count):
+      label = i % num_classes
+      image = make_image(label, rng)
+      if split == "train":
+        total += image.reshape(-1, 3).mean(0)
+      encoded = tf.io.encode_jpeg(image, quality=95).numpy()
+      writers[i % shards].write(features.make_example(
+          encoded, label=label, synset=classes[label][0], text=classes[label][1],
+          filename=f"{split}_{i}.JPEG", height=SIZE, width=SIZE))
+    for w in writers:
+      w.close()
+  if info:
+    dataset_info.write_json_atomic(os.path.join(data_dir, dataset_info.FILENAME), {
+        "format": "keras_alexnet", "label_offset": 0, "image_size": SIZE,
+        "num_classes": num_classes, "classes": classes,
+        "splits": {"train": {"num_examples": train, "num_shards": train_shards},
+                   "validation": {"num_examples": validation, "num_shards": validation_shards}},
+        "mean_rgb": (total / max(train, 1)).tolist(),
+    })
+  return data_dir
