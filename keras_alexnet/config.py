@@ -161,6 +161,7 @@ def _define_data_flags():
       flags.DEFINE_bool("synthetic", False, "Random images, no files (for benchmarks)."),
       flags.DEFINE_integer("batch_size", PAPER_BATCH_SIZE,
                            "Global batch (per-replica batch x replicas); section 5: 128."),
+      flags.DEFINE_integer("eval_steps", 0, "Validation batches; 0: the whole split."),
   )
 
 
@@ -208,7 +209,6 @@ def _define_train_flags():
                         "Epochs at which --lr_schedule=step divides the rate by 10."),
       flags.DEFINE_integer("steps_per_epoch", t.steps_per_epoch,
                            "0: the whole training split; else at most this many steps."),
-      flags.DEFINE_integer("eval_steps", t.eval_steps, "0: the whole validation split."),
       # Runs that survive.
       flags.DEFINE_integer("checkpoint_every_steps", t.checkpoint_every_steps,
                            "Also checkpoint at every epoch end and on SIGTERM/SIGINT."),
@@ -254,8 +254,6 @@ def _define_evaluate_flags():
       flags.DEFINE_string("output", None, "Results JSON; default: evaluation.json in the "
                           "first workdir (or beside the checkpoint)."),
   )
-  if "eval_steps" not in FLAG_NAMES:
-    _track(flags.DEFINE_integer("eval_steps", 0, "0: the whole validation split."))
 
 
 def define_train_flags():
