@@ -49,7 +49,7 @@ _TMP = ".tmp-"
 # The model a run describes.
 
 
-def tiny_model(num_classes: int) -> keras.Model:
+def tiny_model(num_classes: int, dropout: float = 0.0) -> keras.Model:
   """Tests only (--tiny_model): two small conv layers and a classifier on the same 224x224
   input, so that tests of checkpoints, resumption and strategies run in seconds. Layer names
   are fixed so that checkpoints match across processes."""
@@ -61,7 +61,8 @@ def tiny_model(num_classes: int) -> keras.Model:
   x = keras.layers.MaxPooling2D(3, strides=3, name="pool1")(x)
   x = keras.layers.Conv2D(16, 3, activation="relu", kernel_initializer=init, name="conv2")(x)
   x = keras.layers.GlobalAveragePooling2D(name="pool2")(x)
-  x = keras.layers.Dropout(0.1, name="dropout")(x)
+  if dropout:
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
   outputs = keras.layers.Dense(num_classes, kernel_initializer=init, name="fc")(x)
   return keras.Model(inputs, outputs, name="tiny")
 
@@ -69,7 +70,7 @@ def tiny_model(num_classes: int) -> keras.Model:
 def build_model(model_config: model_lib.ModelConfig, tiny: bool = False) -> keras.Model:
   """AlexNet from `model_config` (logits), or the test-only tiny net."""
   if tiny:
-    return tiny_model(model_config.num_classes)
+    return tiny_model(model_config.num_classes, model_config.dropout)
   return model_lib.alexnet(model_config)
 
 
@@ -212,7 +213,8 @@ class CheckpointStore:
         with open(os.path.join(self.path(step), STATE_FILE)) as f:
           state = json.load(f)
         checkpoint.read(self.prefix(step)).assert_existing_objects_matched()
-      except (OSError, ValueError, AssertionError, tf.errors.OpError) as e:
+      except Exception as e:  # pylint: disable=broad-except
+        # Whatever a damaged file raises (OpError, IndexError, DataLossError, ...): try older.
         logging.warning("Checkpoint %s does not load (%s); trying the one before.",
                         self.path(step), str(e).splitlines()[0][:300])
         errors.append(f"{self.path(step)}: {str(e).splitlines()[0][:300]}")
