@@ -4,9 +4,12 @@ The keys are those of the TensorFlow Model Garden's ImageNet TFRecords, so exist
 these shards. One difference, recorded in dataset_info.json as "label_offset": 0 — labels
 here are 0-based (the index of the wnid in the sorted list of 1000, as in Caffe, TFDS, Keras
 and torchvision), whereas the Model Garden's converter writes 1..1000 with 0 for background.
+
+TensorFlow is imported on first use (FEATURE_SPEC, make_example), not with this module: the
+builder's command checks its flags and input before paying for TF's multi-second import.
 """
 
-import tensorflow as tf
+import functools
 
 ENCODED = "image/encoded"
 FORMAT = "image/format"
@@ -19,27 +22,40 @@ SYNSET = "image/class/synset"
 TEXT = "image/class/text"
 FILENAME = "image/filename"
 
-FEATURE_SPEC = {
-    ENCODED: tf.io.FixedLenFeature([], tf.string),
-    FORMAT: tf.io.FixedLenFeature([], tf.string, default_value="JPEG"),
-    HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=0),
-    WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=0),
-    CHANNELS: tf.io.FixedLenFeature([], tf.int64, default_value=3),
-    COLORSPACE: tf.io.FixedLenFeature([], tf.string, default_value="RGB"),
-    LABEL: tf.io.FixedLenFeature([], tf.int64),
-    SYNSET: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    TEXT: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
-}
+
+@functools.cache
+def _feature_spec() -> dict:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return {
+      ENCODED: tf.io.FixedLenFeature([], tf.string),
+      FORMAT: tf.io.FixedLenFeature([], tf.string, default_value="JPEG"),
+      HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+      WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+      CHANNELS: tf.io.FixedLenFeature([], tf.int64, default_value=3),
+      COLORSPACE: tf.io.FixedLenFeature([], tf.string, default_value="RGB"),
+      LABEL: tf.io.FixedLenFeature([], tf.int64),
+      SYNSET: tf.io.FixedLenFeature([], tf.string, default_value=""),
+      TEXT: tf.io.FixedLenFeature([], tf.string, default_value=""),
+      FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
+  }
+
+
+def __getattr__(name: str):
+  # FEATURE_SPEC: {key: tf.io.FixedLenFeature} for tf.io.parse_example, built on first use.
+  if name == "FEATURE_SPEC":
+    return _feature_spec()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _bytes(value):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if isinstance(value, str):
     value = value.encode("utf-8")
   return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
 def _int64(value):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
 
@@ -50,6 +66,7 @@ def make_example(encoded: bytes, *, label: int, synset: str, text: str, filename
   Serialized with deterministic=True: protobuf writes map fields (Features.feature is a
   map) in no fixed order otherwise, and the builder promises byte-identical shards.
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   example = tf.train.Example(features=tf.train.Features(feature={
       ENCODED: _bytes(encoded),
       FORMAT: _bytes("JPEG"),

@@ -33,7 +33,6 @@ from absl import logging
 import numpy as np
 import PIL
 from PIL import Image
-import tensorflow as tf
 
 from keras_alexnet import dataset_info
 from keras_alexnet import features
@@ -55,6 +54,10 @@ SKIPPED_FILENAME = "skipped.txt"
 SHARD_PATTERN = re.compile(r"(train|validation)-\d{5}-of-\d{5}")
 TEMP_PREFIX = ".tmp-"
 _PROGRESS_EVERY = 16            # images between updates of the shared progress counter
+# TensorFlow is imported only where records are written or read (the worker functions): the
+# command answers bad flags or input in a second instead of after TF's import. The forkserver
+# imports it once for all workers.
+_WORKER_PRELOAD = ["tensorflow", "tfrecords.build"]
 
 # Worker processes fork from a server that has imported this module, then re-run the main
 # module (`python -m tfrecords.build`) as __mp_main__; runpy warns that it is imported already.
@@ -275,6 +278,7 @@ def _init_worker(counter) -> None:
 
 def _write_shard(task: _ShardTask) -> tuple[str, int]:
   """Converts the task's images into its shard; returns (shard name, records written)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   name = features.shard_name(task.split, task.index, task.num_shards)
   out = task.output_dir
   temp = os.path.join(out, f"{TEMP_PREFIX}{name}.{socket.gethostname()}-{os.getpid()}")
@@ -430,7 +434,7 @@ def _pool(workers: int, counter):
   # forkserver: workers fork from a clean server that has imported this module (and TF) once,
   # not from a parent whose TF runtime may already hold threads and locks.
   context = multiprocessing.get_context("forkserver")
-  context.set_forkserver_preload(["tfrecords.build"])
+  context.set_forkserver_preload(_WORKER_PRELOAD)
   return context.Pool(workers, initializer=_init_worker, initargs=(counter,))
 
 
@@ -448,11 +452,17 @@ def build(config: BuildConfig) -> Optional[dict]:
   if config.input is None:
     raise InputError("--input is required to build (or pass only --output_dir and --verify)")
   workers = num_workers(config.num_workers)
-  context = multiprocessing.get_context("forkserver")
-  counter = context.Value("q", 0)
-  pool = _pool(workers, counter) if workers > 1 else None
+  counter = multiprocessing.get_context("forkserver").Value("q", 0)
+  pool = None
+
+  def get_pool():   # started on first need: bad input is reported before the workers start
+    nonlocal pool
+    if pool is None:
+      pool = _pool(workers, counter)
+    return pool
+
   try:
-    map_fn = (lambda f, xs: pool.imap(f, xs, chunksize=8)) if pool else map
+    map_fn = (lambda f, xs: get_pool().imap(f, xs, chunksize=8)) if workers > 1 else map
     started = time.monotonic()
     source = sources.find_source(config.input, config.layout, config.classes_file,
                                  config.validation_labels_file, map_fn)
@@ -475,13 +485,13 @@ def build(config: BuildConfig) -> Optional[dict]:
       logging.info("Resuming: %d of this host's %d shards are already complete.",
                    len(mine) - len(todo), len(mine))
     progress = _Progress(sum(len(t.items) for t in todo), config.progress)
-    if pool is None:
+    if workers == 1 or len(todo) <= 1:
       _init_worker(counter)
       for task in todo:
         _write_shard(task)
         progress.update(counter.value)
     else:
-      results = pool.imap_unordered(_write_shard, todo)
+      results = get_pool().imap_unordered(_write_shard, todo)
       for _ in todo:
         while True:
           try:
@@ -517,6 +527,7 @@ def _first(feature_map, key: str, kind: str):
 
 
 def _verify_shard(args) -> tuple[str, int, list[str]]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   path, expected, classes, image_size = args
   name = os.path.basename(path)
   problems, count = [], 0
