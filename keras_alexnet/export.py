@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -419,38 +420,40 @@ class ExportConfig:
   version: Optional[int] = None
   overwrite: bool = False
   ten_views: bool = False
-  data_dir: Optional[str] = None
   warmup: bool = True
   model_name: str = "alexnet"
 
 
 def export_from_workdir(config: ExportConfig) -> str:
-  """Loads the workdir's checkpoint and its dataset statistics and exports them."""
+  """Exports the workdir's checkpoint with the statistics and mean its training used (the
+  same ones `evaluate` takes from the workdir)."""
   from keras_alexnet import checkpointing  # pylint: disable=g-import-not-at-top
   _check_version_free(config.export_dir, config.version, config.overwrite)
   model, metadata = checkpointing.load_model(config.workdir, which=config.which)
-  data_dir = config.data_dir or metadata.get("data_dir")
-  if not data_dir or not os.path.isdir(data_dir):
-    raise FileNotFoundError(
-        f"The training data folder {data_dir!r} recorded in the workdir is not here; its "
-        "dataset_info.json holds the mean the model was trained with. Pass --data_dir=DIR "
-        "(the folder with dataset_info.json).")
-  stats = preprocessing.statistics_from_dataset_info(data_dir)
+  stats = checkpointing.load_statistics(metadata["workdir"])
+  mean = metadata.get("augment", {}).get("mean", "per_pixel")
   return export_saved_model(model, metadata, stats, config.export_dir,
                             version=config.version, ten_views=config.ten_views,
-                            overwrite=config.overwrite, warmup=config.warmup,
+                            overwrite=config.overwrite, mean=mean, warmup=config.warmup,
                             model_name=config.model_name)
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    print(f"export: unexpected arguments {argv[1:]}", file=sys.stderr)
+    return 2
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   config = ExportConfig(
       workdir=f.workdir, export_dir=f.export_dir, which=f.which, version=f.version,
-      overwrite=f.overwrite, ten_views=f.ten_views, data_dir=f.data_dir, warmup=f.warmup,
-      model_name=f.model_name)
-  print(export_from_workdir(config))
+      overwrite=f.overwrite, ten_views=f.ten_views, warmup=f.warmup, model_name=f.model_name)
+  try:
+    path = export_from_workdir(config)
+  except (FileNotFoundError, FileExistsError, ValueError) as e:
+    print(f"export: {e}", file=sys.stderr)
+    return 2
+  print(path)
+  return 0
 
 
 def _define_flags():
@@ -464,8 +467,6 @@ def _define_flags():
   flags.DEFINE_boolean("overwrite", False, "Replace an existing --version.")
   flags.DEFINE_boolean("ten_views", False, "Serve the paper's 10-view average (section 4.1) "
                        "instead of the centre crop; about 10x the compute per image.")
-  flags.DEFINE_string("data_dir", None, "The dataset folder (dataset_info.json) if it moved "
-                      "since training; default: the one recorded in the workdir.")
   flags.DEFINE_boolean("warmup", True, "Write assets.extra/tf_serving_warmup_requests.")
   flags.DEFINE_string("model_name", "alexnet", "Model name in the warm-up requests.")
   flags.mark_flags_as_required(["workdir", "export_dir"])

@@ -209,4 +209,4 @@ def _define_flags():
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(main)

@@ -378,3 +378,96 @@ def test_without_a_label_map_the_indices_stand_in(images, stats, tmp_path):
       image_bytes=tf.constant([images["jpeg"]]))
   assert out["top5_classes"].shape == (1, 3)  # Fewer than 5 classes: all of them, ranked.
   assert [int(n) for n in out["top5_names"].numpy()[0]] == list(out["top5_classes"].numpy()[0])
+
+
+# --- Through a real training run's workdir ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A real run: a tiny dataset, two SGD steps of the test net, a validation pass."""
+  import tiny_data  # pylint: disable=g-import-not-at-top  (tests/tiny_data.py)
+  from keras_alexnet import config as config_lib  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import model as model_lib  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import training  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("run")
+  data_dir = tiny_data.write_dataset(str(root / "data"), num_classes=6, train=16, validation=12)
+  config = config_lib.Config(
+      model=model_lib.ModelConfig(num_classes=None),
+      data=dataset_lib.DataConfig(data_dir=data_dir, shuffle_buffer=16, deterministic=True),
+      augment=preprocessing.AugmentConfig(),
+      train=config_lib.TrainConfig(tiny_model=True, batch_size=8, epochs=1, steps_per_epoch=2,
+                                   lr_scaling="none", log_every_steps=1, summary_images=False))
+  workdir = str(root / "workdir")
+  training.train_and_evaluate(config, workdir)
+  return workdir, data_dir
+
+
+def validation_examples(data_dir):
+  from keras_alexnet import features  # pylint: disable=g-import-not-at-top
+  files = sorted(tf.io.gfile.glob(os.path.join(data_dir, "validation-*")))
+  examples = [tf.io.parse_single_example(r, features.FEATURE_SPEC)
+              for r in tf.data.TFRecordDataset(files)]
+  return ([e[features.ENCODED].numpy() for e in examples],
+          np.array([int(e[features.LABEL]) for e in examples]))
+
+
+def test_export_command_on_a_trained_workdir_agrees_with_evaluate(trained, tmp_path):
+  from keras_alexnet import checkpointing  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import config as config_lib  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import evaluate  # pylint: disable=g-import-not-at-top
+  workdir, data_dir = trained
+  base = tmp_path / "serving"
+  result = run([sys.executable, "-m", "keras_alexnet.export", f"--workdir={workdir}",
+                f"--export_dir={base}"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().splitlines()[-1] == str(base / "1")
+  ten = export.export_from_workdir(export.ExportConfig(workdir=workdir, export_dir=str(base),
+                                                       ten_views=True, warmup=False))
+  assert ten == str(base / "2")
+
+  # Per image: the export equals the checkpoint under evaluate's centre-crop preprocessing
+  # (the workdir's statistics and mean).
+  image_bytes, labels = validation_examples(data_dir)
+  model, metadata = checkpointing.load_model(workdir)
+  stats = checkpointing.load_statistics(workdir)
+  expected = keras_probabilities(model, preprocessing.center_crop(
+      tf.stack([preprocessing.decode_to_stored(b) for b in image_bytes]), stats,
+      metadata["augment"]["mean"]))
+  centre = tf.saved_model.load(str(base / "1")).signatures["serving_default"](
+      image_bytes=tf.constant(image_bytes))
+  np.testing.assert_allclose(centre["probabilities"], expected, rtol=0, atol=1e-5)
+  np.testing.assert_array_equal(centre["top5_classes"], np.argsort(-expected, axis=1)[:, :5])
+  assert [n.decode() for n in centre["top5_names"].numpy()[:, 0]] == [
+      metadata["classes"][c][1] for c in np.argmax(expected, axis=1)]
+
+  # Over the validation split: the same top-1 and top-5 errors as `evaluate`, both views.
+  results = evaluate.evaluate(config_lib.EvalConfig(
+      workdirs=(workdir,), output=str(tmp_path / "evaluation.json")))["models"][0]
+  ten_views = tf.saved_model.load(ten).signatures["serving_default"](
+      image_bytes=tf.constant(image_bytes))
+  for view, outputs in (("center", centre), ("ten", ten_views)):
+    top5 = outputs["top5_classes"].numpy()
+    assert results[view]["top1_error"] == pytest.approx(np.mean(top5[:, 0] != labels)), view
+    assert results[view]["top5_error"] == pytest.approx(
+        1 - np.mean((top5 == labels[:, None]).any(axis=1))), view
+
+
+def test_export_command_refuses_bad_input(trained, tmp_path):
+  workdir, _ = trained
+  base = tmp_path / "serving"
+  os.makedirs(base / "3")
+  with pytest.raises(FileExistsError, match="3 already exists; pass overwrite=True"):
+    export.export_from_workdir(export.ExportConfig(workdir=workdir, export_dir=str(base),
+                                                   version=3))
+  assert os.listdir(base / "3") == []  # Untouched.
+  with pytest.raises(FileNotFoundError, match="neither a training workdir"):
+    export.export_from_workdir(export.ExportConfig(workdir=str(tmp_path),
+                                                   export_dir=str(base)))
+  empty = tmp_path / "no_checkpoints"
+  os.makedirs(empty)
+  with open(os.path.join(workdir, "config.json")) as f:
+    (empty / "config.json").write_text(f.read())
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    export.export_from_workdir(export.ExportConfig(workdir=str(empty), export_dir=str(base)))
+  assert os.listdir(base) == ["3"]
