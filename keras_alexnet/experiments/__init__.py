@@ -15,11 +15,16 @@ price of depth that section 7 trades against accuracy.
 """
 
 import dataclasses
+import os
 import resource
 import sys
+import tempfile
 from typing import List, NamedTuple, Optional, Sequence
 
 from keras_alexnet import model as model_lib
+
+MATPLOTLIB_HINT = ("matplotlib is needed for the PNG: pip install matplotlib (or "
+                   "pip install 'keras_alexnet[plot]'), or pass --noplot.")
 
 # name -> (ModelConfig overrides, what the paper reports for it). The flagfiles in
 # flags/ablations/ make the same changes from the command line.
@@ -86,3 +91,32 @@ def format_costs(rows: Sequence[VariantCost]) -> str:
                  f"{row.flops_per_image / 1e9:>12.3f} "
                  f"{row.flops_per_image / base.flops_per_image - 1:>+9.1%}")
   return "\n".join(lines)
+
+
+def require_matplotlib():
+  """pyplot on the file-only Agg backend; a ValueError saying how to get it if missing.
+
+  matplotlib is an optional dependency (the "plot" extra): commands call this before any
+  training, so a missing plotting library never costs a finished run its figure.
+  """
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ValueError(MATPLOTLIB_HINT) from None
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  return pyplot
+
+
+def save_figure(figure, path: str) -> None:
+  """figure.savefig as PNG into a temporary file beside `path`, renamed over it when whole."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
+                             suffix=".png")
+  os.close(fd)
+  try:
+    figure.savefig(tmp, format="png", dpi=120)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise

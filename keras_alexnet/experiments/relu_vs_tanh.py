@@ -34,9 +34,7 @@ says which data was used.
 """
 
 import dataclasses
-import json
 import os
-import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -44,6 +42,9 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
+
+from keras_alexnet import dataset_info
+from keras_alexnet import experiments
 
 IMAGE_SIZE = 32           # CIFAR-10's images.
 TARGET_ERROR = 0.25       # Figure 1: "reaches a 25% training error rate".
@@ -55,8 +56,6 @@ EPOCHS = 30
 MAX_EXAMPLES = 50_000     # CIFAR-10's training set; more is not needed for this figure.
 ACTIVATIONS = ("relu", "tanh")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp")
-MATPLOTLIB_HINT = ("matplotlib is needed for the PNG: pip install matplotlib (or "
-                   "pip install 'keras_alexnet[plot]'), or pass --noplot.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +104,7 @@ def check_config(config: Figure1Config) -> None:
   if not 0 < config.target_error < 1:
     bad("target_error", config.target_error, "a fraction in (0, 1)")
   if config.plot:
-    try:
-      import matplotlib  # pylint: disable=g-import-not-at-top,unused-import
-    except ImportError:
-      raise ValueError(MATPLOTLIB_HINT) from None
+    experiments.require_matplotlib()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +198,7 @@ def load_data(config: Figure1Config) -> Tuple[np.ndarray, np.ndarray, List[str],
   else:
     from keras_alexnet import demo_data  # pylint: disable=g-import-not-at-top
     demo_dir = os.path.join(config.output_dir, "demo_data")
-    logging.info("Drawing the demo dataset into %s (once).", demo_dir)
+    logging.info("The demo dataset in %s (drawn on first use).", demo_dir)
     demo_data.generate(demo_dir)
     x, y, classes = load_image_dir(os.path.join(demo_dir, "train"), config.max_examples)
     source = f"the demo dataset (drawn shapes) in {os.path.abspath(demo_dir)}"
@@ -314,7 +310,7 @@ def run_experiment(config: Figure1Config) -> dict:
   if config.plot:
     results["png"] = os.path.join(config.output_dir, "figure1.png")
     plot_curves(best, config.target_error, source, results["png"])
-  write_json_atomic(results["json"], results)
+  dataset_info.write_json_atomic(results["json"], results)
   return results
 
 
@@ -322,42 +318,9 @@ def run_experiment(config: Figure1Config) -> dict:
 # Output.
 
 
-def write_json_atomic(path: str, obj) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def save_figure_atomic(figure, path: str) -> None:
-  """figure.savefig into a temporary file beside `path`, then renamed over it."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-  os.close(fd)
-  try:
-    figure.savefig(tmp, format="png", dpi=120)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def plot_curves(best: Dict[str, Run], target: float, source: str, path: str) -> None:
   """The paper's Figure 1: training error against epochs, ReLU solid, tanh dashed."""
-  try:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ValueError(MATPLOTLIB_HINT) from None
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = experiments.require_matplotlib()
   figure, axes = plt.subplots(figsize=(6, 4.5))
   for activation, style in (("relu", "-"), ("tanh", "--")):
     run = best[activation]
@@ -372,7 +335,7 @@ def plot_curves(best: Dict[str, Run], target: float, source: str, path: str) -> 
   figure.text(0.01, 0.005, source[:110], fontsize=6, color="grey")
   figure.tight_layout(rect=(0, 0.02, 1, 1))
   try:
-    save_figure_atomic(figure, path)
+    experiments.save_figure(figure, path)
   finally:
     plt.close(figure)
 
