@@ -103,7 +103,9 @@ class PixelStatistics:
                   counts=np.array([self.num_images, self.num_pixels], np.int64),
                   image_size=np.array(self.image_size or 0, np.int64))
     if self.pixel_sum is not None:
-      arrays["pixel_sum"] = self.pixel_sum
+      # Half the bytes on disk while it fits (a shard of up to 16.8M images).
+      small = self.num_images * 255 < 2**32
+      arrays["pixel_sum"] = self.pixel_sum.astype(np.uint32) if small else self.pixel_sum
     return arrays
 
   @classmethod
