@@ -26,7 +26,9 @@ setup(
     ],
     extras_require={
         # Warm-up records for TF Serving (PredictionLog protos).
-        "serving": ["tensorflow-serving-api>=2.16"],
+        # tensorflow-serving-api 2.X requires tensorflow>=2.X (2.21.0: >=2.21.0,<3), so its
+        # range follows the TF range above; 2.22 would ask for a TF this project excludes.
+        "serving": ["tensorflow-serving-api>=2.16,<2.22"],
         # PNG plots of the paper's experiments.
         "plot": ["matplotlib>=3.7"],
         "test": ["pytest>=7"],
