@@ -85,7 +85,6 @@ def export_saved_model(model: keras.Model, metadata: Dict[str, Any],
   num_classes = _check_model(model)
   wnids, names = _label_map(metadata.get("classes"), num_classes)
   _check_version_free(export_base, version, overwrite)
-
   if mean not in preprocessing.MEANS:
     raise ValueError(f"mean must be one of {preprocessing.MEANS}; received {mean!r}.")
 

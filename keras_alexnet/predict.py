@@ -1,6 +1,7 @@
 """Top-5 classes for image files from an exported SavedModel (keras_alexnet.export).
 
     python -m keras_alexnet.predict --saved_model=BASE/1 IMAGE_OR_FOLDER... [--json]
+    python -m keras_alexnet.predict --saved_model=BASE/1 --benchmark=1,64   # latency, images/s
 
 Folders are searched recursively for .jpg/.jpeg/.png files. The images go through the
 SavedModel's serving_default signature, i.e. the same in-graph preprocessing TF Serving runs.
@@ -12,12 +13,14 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
 if __name__ == "__main__":
   # Failed images are reported below, one line each; TF's C++ log would repeat them.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -181,9 +184,49 @@ def run(config: PredictConfig) -> int:
   return EXIT_FAILED_IMAGES if any(p.error for p in predictions) else 0
 
 
+def benchmark(loaded, batch_sizes: Sequence[int], repeats: int = 10) -> List[dict]:
+  """Median latency of the two signatures per batch size, after one untimed warm-up call.
+
+  serving_default gets distinct 500x375 JPEGs (the typical ImageNet photo), so the figures
+  include decoding and resizing; `preprocessed` gets ready crops: the model alone.
+  """
+  rng = np.random.default_rng(0)
+
+  def jpeg():
+    y, x = np.mgrid[0:375, 0:500]
+    image = np.stack([x * 255 // 500, y * 255 // 375, (x + y) * 255 // 875], axis=-1)
+    image = image + rng.integers(0, 40, image.shape)
+    return tf.io.encode_jpeg(np.clip(image, 0, 255).astype(np.uint8), quality=90).numpy()
+
+  images = [jpeg() for _ in range(max(batch_sizes))]
+  crops = rng.normal(0, 60, (max(batch_sizes), 224, 224, 3)).astype(np.float32)
+  rows = []
+  for batch in batch_sizes:
+    for name, kwargs in ((SIGNATURE, {BYTES_INPUT: tf.constant(images[:batch])}),
+                         ("preprocessed", {"images": tf.constant(crops[:batch])})):
+      signature = loaded.signatures[name]
+      signature(**kwargs)["probabilities"].numpy()
+      times = []
+      for _ in range(repeats):
+        start = time.perf_counter()
+        signature(**kwargs)["probabilities"].numpy()
+        times.append(time.perf_counter() - start)
+      median = float(np.median(times))
+      rows.append({"signature": name, "batch_size": batch, "median_ms": 1000 * median,
+                   "images_per_second": batch / median, "repeats": repeats})
+  return rows
+
+
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
+  if f.benchmark:
+    rows = benchmark(load(f.saved_model), [int(b) for b in f.benchmark], f.repeats)
+    print(f"{'signature':<16} {'batch':>5} {'median ms':>10} {'images/s':>9}")
+    for r in rows:
+      print(f"{r['signature']:<16} {r['batch_size']:>5} {r['median_ms']:>10.1f} "
+            f"{r['images_per_second']:>9.1f}")
+    return 0
   if len(argv) < 2:
     print("Usage: python -m keras_alexnet.predict --saved_model=BASE/1 IMAGE_OR_FOLDER...",
           file=sys.stderr)
@@ -203,6 +246,10 @@ def _define_flags():
                       "the base folder (its highest version is used).")
   flags.DEFINE_integer("batch_size", 32, "Images per call to the model.", lower_bound=1)
   flags.DEFINE_boolean("json", False, "Print JSON (one entry per image) instead of a table.")
+  flags.DEFINE_list("benchmark", [], "Instead of predicting: time the signatures at these "
+                    "batch sizes (e.g. 1,64) and print the median latency and images/s.")
+  flags.DEFINE_integer("repeats", 10, "Timed calls per batch size with --benchmark.",
+                       lower_bound=1)
   flags.mark_flag_as_required("saved_model")
 
 
