@@ -1,0 +1,228 @@
+"""How fast the input pipeline and the device-side augmentation run, against same-run bounds.
+
+  python -m keras_alexnet.pipeline_benchmark [--num_images=2048] [--batch_size=128]
+
+- cpu_pipeline: images/s of keras_alexnet.dataset up to uint8 batches (read, shuffle, parse,
+  decode, batch), over 256x256 JPEG shards written for the run, like the builder's output. The
+  bound: tf.io.decode_jpeg alone over the same JPEG bytes, held in memory, on all cores (a
+  tf.data map with AUTOTUNE and nothing else). Target: ratio >= 0.8.
+- augment: images/s of preprocessing.augment (crop, mirror, lighting, per-pixel mean) on the
+  default device, compiled with XLA and not; and a map_fn of tf.image.crop_to_bounding_box
+  doing less (crop and mirror only) for comparison.
+
+Figures are medians over repeated passes after a warm-up pass. `rows()` returns them for
+keras_alexnet.benchmark's table.
+"""
+
+import dataclasses
+import os
+import statistics
+import tempfile
+import time
+from typing import List, Optional
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+from keras_alexnet import dataset
+from keras_alexnet import dataset_info
+from keras_alexnet import features
+from keras_alexnet import preprocessing
+
+JPEG_QUALITY = 95   # tfrecords.build's default; sets how hard decoding is.
+# What map_fn_crop_rate does, for a like-for-like comparison.
+CROP_AND_MIRROR = preprocessing.AugmentConfig(pca_lighting=False, mean="per_channel")
+
+
+@dataclasses.dataclass
+class Row:
+  name: str
+  images_per_second: float
+  bound_name: str = ""
+  ratio: Optional[float] = None
+  detail: str = ""
+
+
+def cores() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _natural_image(rng):
+  """A 256x256 image with photo-like statistics for the codec: smooth shapes plus grain (pure
+  noise would make JPEGs several times larger and slower to decode than photographs)."""
+  size = preprocessing.STORED_SIZE
+  coarse = rng.uniform(0, 255, (1, 8, 8, 3)).astype(np.float32)
+  image = tf.image.resize(coarse, [size, size], method="bicubic")[0].numpy()
+  image += rng.normal(0, 6, image.shape)
+  return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_records(data_dir: str, num_images: int, num_shards: int = 16, seed: int = 0) -> str:
+  """Train shards of 256x256 JPEGs and a dataset_info.json, as the builder writes them."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(data_dir, exist_ok=True)
+  per_shard = -(-num_images // num_shards)
+  for shard in range(num_shards):
+    path = os.path.join(data_dir, features.shard_name("train", shard, num_shards))
+    with tf.io.TFRecordWriter(path) as writer:
+      for i in range(shard * per_shard, min(num_images, (shard + 1) * per_shard)):
+        jpeg = tf.io.encode_jpeg(_natural_image(rng), quality=JPEG_QUALITY).numpy()
+        writer.write(features.make_example(jpeg, label=i % 1000, synset="n0", text="",
+                                           filename=f"{i}.JPEG", height=256, width=256))
+  dataset_info.write_json_atomic(os.path.join(data_dir, dataset_info.FILENAME), {
+      "format": "keras_alexnet", "label_offset": 0, "image_size": preprocessing.STORED_SIZE,
+      "num_classes": 1000, "classes": None,
+      "splits": {"train": {"num_examples": num_images, "num_shards": num_shards}}})
+  return data_dir
+
+
+def _median_rate(run, images, repeats):
+  run()   # warm-up: tracing, thread pools, page cache
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - start)
+  return images / statistics.median(times)
+
+
+def _pipeline_pass(config: dataset.DataConfig, batch_size: int):
+  """A function that runs one training epoch (a new one each call) of `create_split`."""
+  epoch = [0]
+
+  def run():
+    epoch[0] += 1
+    for _ in dataset.create_split(config, True, batch_size, epoch=epoch[0]):
+      pass
+
+  return run
+
+
+def _decode_pass(data_dir: str, batch_size: int):
+  """A function that decodes the same JPEGs, held in memory, with tf.io.decode_jpeg alone on
+  all cores (a tf.data map with AUTOTUNE and nothing else): the bound."""
+  files = dataset.list_shards(data_dir, "train")
+  jpegs = [tf.train.Example.FromString(r.numpy()).features.feature[features.ENCODED]
+           .bytes_list.value[0] for r in tf.data.TFRecordDataset(files)]
+  ds = tf.data.Dataset.from_tensor_slices(jpegs).map(
+      lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3), num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=False).batch(batch_size, drop_remainder=True)
+
+  def run():
+    for _ in ds:
+      pass
+
+  return run
+
+
+def cpu_figures(config: dataset.DataConfig, batch_size: int, repeats: int = 5):
+  """(bound images/s, pipeline images/s, median ratio), passes alternated so that a change of
+  load on a shared machine hits both: each ratio compares neighbouring passes."""
+  num = dataset.dataset_metadata(config)["num_examples"]["train"] // batch_size * batch_size
+  bound, pipeline = _decode_pass(config.data_dir, batch_size), _pipeline_pass(config,
+                                                                              batch_size)
+  bound()
+  pipeline()   # warm-up: tracing, thread pools, page cache
+  bounds, pipelines = [], []
+  for _ in range(repeats):
+    for run, rates in ((bound, bounds), (pipeline, pipelines)):
+      start = time.perf_counter()
+      run()
+      rates.append(num / (time.perf_counter() - start))
+  ratios = [p / b for p, b in zip(pipelines, bounds)]
+  return statistics.median(bounds), statistics.median(pipelines), statistics.median(ratios)
+
+
+def augment_rate(batch_size: int, jit_compile: bool, repeats: int = 5,
+                 config: preprocessing.AugmentConfig = preprocessing.AugmentConfig()) -> float:
+  """Images/s of preprocessing.augment (default: all of it, with a per-pixel mean image) on
+  the default device."""
+  rng = np.random.default_rng(0)
+  images = tf.constant(rng.integers(0, 256, (batch_size, 256, 256, 3), dtype=np.uint8))
+  stats = dataclasses.replace(preprocessing.imagenet_statistics(), mean_image=rng.uniform(
+      0, 255, (256, 256, 3)).astype(np.float32))
+  step = tf.Variable(0, dtype=tf.int64)
+
+  @tf.function(jit_compile=jit_compile)
+  def augment():
+    step.assign_add(1)
+    return tf.reduce_sum(preprocessing.augment(images, stats, config, seed=tf.stack([
+        tf.constant(0, tf.int64), step])))
+
+  return _median_rate(lambda: augment().numpy(), batch_size, repeats)
+
+
+def map_fn_crop_rate(batch_size: int, repeats: int = 5) -> float:
+  """Images/s of the per-image alternative: map_fn of crop_to_bounding_box + a mirror."""
+  rng = np.random.default_rng(0)
+  images = tf.constant(rng.integers(0, 256, (batch_size, 256, 256, 3), dtype=np.uint8))
+  size = preprocessing.IMAGE_SIZE
+
+  @tf.function
+  def crop():
+    offsets = tf.random.uniform([batch_size, 2], 0, preprocessing.MAX_OFFSET + 1, tf.int32)
+    mirror = tf.random.uniform([batch_size]) < 0.5
+
+    def one(args):
+      image, offset, flip = args
+      patch = tf.image.crop_to_bounding_box(image, offset[0], offset[1], size, size)
+      patch = tf.cond(flip, lambda: tf.reverse(patch, [1]), lambda: patch)
+      return tf.cast(patch, tf.float32)
+
+    return tf.reduce_sum(tf.map_fn(one, (images, offsets, mirror),
+                                   fn_output_signature=tf.float32))
+
+  return _median_rate(lambda: crop().numpy(), batch_size, repeats)
+
+
+def rows(num_images: int = 2048, batch_size: int = 128, data_dir: Optional[str] = None,
+         augment_batch_size: int = 128) -> List[Row]:
+  """Every figure of this benchmark, measured now, in this process."""
+  n = cores()
+  with tempfile.TemporaryDirectory() as tmp:
+    data_dir = write_records(data_dir or os.path.join(tmp, "records"), num_images)
+    # A buffer of a quarter epoch: the default 10,000 would hold this whole small epoch, and
+    # filling it (reading without decoding) would be most of the time, while on ImageNet it is
+    # under 1% of an epoch.
+    config = dataset.DataConfig(data_dir, shuffle_buffer=min(10_000, num_images // 4))
+    bound, pipeline, ratio = cpu_figures(config, batch_size)
+  result = [
+      Row("decode_jpeg alone (bound)", bound, detail=f"{bound / n:.0f} img/s/core, {n} cores"),
+      Row("cpu pipeline -> uint8 batches", pipeline, "decode_jpeg alone", ratio,
+          f"{pipeline / n:.0f} img/s/core, {n} cores, batch {batch_size}; ratio: median of "
+          "alternated passes"),
+  ]
+  compiled = augment_rate(augment_batch_size, jit_compile=True)
+  plain = augment_rate(augment_batch_size, jit_compile=False)
+  crop_only = augment_rate(augment_batch_size, jit_compile=True, config=CROP_AND_MIRROR)
+  map_fn = map_fn_crop_rate(augment_batch_size)
+  result += [
+      Row("augment (XLA)", compiled, detail=f"batch {augment_batch_size}, per-pixel mean"),
+      Row("augment (no XLA)", plain, "augment (XLA)", plain / compiled),
+      Row("augment crop+mirror only (XLA)", crop_only),
+      Row("map_fn crop+mirror", map_fn, "augment crop+mirror (XLA)", map_fn / crop_only,
+          "the per-image alternative"),
+  ]
+  return result
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("num_images", 2048, "JPEG records written for the CPU pipeline figures.")
+flags.DEFINE_integer("batch_size", 128, "Batch size of the CPU pipeline.")
+flags.DEFINE_integer("augment_batch_size", 128, "Batch size of the augmentation.")
+
+
+def main(argv):
+  del argv
+  table = rows(FLAGS.num_images, FLAGS.batch_size, augment_batch_size=FLAGS.augment_batch_size)
+  print(f"{'part':34s} {'images/s':>10s}  {'ratio':>6s}  vs / detail")
+  for row in table:
+    ratio = f"{row.ratio:6.2f}" if row.ratio is not None else " " * 6
+    print(f"{row.name:34s} {row.images_per_second:10.0f}  {ratio}  "
+          f"{row.bound_name + ('; ' if row.bound_name and row.detail else '') + row.detail}")
+
+
+if __name__ == "__main__":
+  app.run(main)
