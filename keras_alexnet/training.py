@@ -59,17 +59,16 @@ class Stopped(Exception):
 # Devices and strategies.
 
 
-def _known_devices():
-  names = set()
-  for device in tf.config.list_logical_devices():
-    names.add(device.name.lower())
-    names.add(device.name.lower().replace("/job:localhost/replica:0/task:0/device:", "/"))
-  return names
+def _device_key(name):
+  """'/job:localhost/replica:0/task:0/device:GPU:0', '/device:GPU:0', '/gpu:0' -> '/gpu:0'."""
+  name = name.lower()
+  name = name[name.index("/device:"):] if "/device:" in name else name
+  return name.replace("/device:", "/")
 
 
 def _check_devices(devices):
-  known = _known_devices()
-  missing = [d for d in devices if d.lower() not in known]
+  known = {_device_key(d.name) for d in tf.config.list_logical_devices()}
+  missing = [d for d in devices if _device_key(d) not in known]
   if missing:
     raise ValueError(f"--devices {missing} not found; this machine has "
                      f"{sorted(d.name for d in tf.config.list_logical_devices())}.")
@@ -170,7 +169,7 @@ def make_train_step(model, optimizer, strategy, stats, augment, global_batch, se
     grads, loss_sum, top1, top5 = forward_backward(
         images, labels, _step_seed(seed, step, replica, _AUGMENT_STREAM))
     optimizer.apply(grads, model.trainable_variables)
-    return loss_sum, top1, top5, stop
+    return loss_sum, top1, top5, tf.identity(stop)   # Per replica, so that it reduces.
 
   @tf.function
   def train_step(images, labels, step, stop):
@@ -326,6 +325,11 @@ def _move_aside(workdir):
 # The loop.
 
 
+def _learning_rate(optimizer) -> float:
+  # .numpy(): float() of a variable mirrored over replicas is refused.
+  return float(optimizer.learning_rate.numpy())
+
+
 class _SignalFlag:
   """SIGTERM/SIGINT request a stop; the loop saves and exits after the current step."""
 
@@ -441,7 +445,7 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
     step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch"]
     best_error, history = state.get("best_top1_error"), state.get("history", [])
     logging.info("Resuming at step %d: epoch %d, batch %d of %d, learning rate %g.", step,
-                 epoch + 1, batch_in_epoch, steps_per_epoch, float(optimizer.learning_rate))
+                 epoch + 1, batch_in_epoch, steps_per_epoch, _learning_rate(optimizer))
   else:
     step = epoch = batch_in_epoch = 0
     best_error, history = None, []
@@ -460,7 +464,7 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
   def state_dict():
     return {"step": step, "epoch": epoch, "batch": batch_in_epoch,
             "steps_per_epoch": steps_per_epoch, "batch_size": t.batch_size,
-            "learning_rate": float(optimizer.learning_rate), "schedule": schedule.state(),
+            "learning_rate": _learning_rate(optimizer), "schedule": schedule.state(),
             "best_top1_error": best_error, "history": history}
 
   def save(best=None):
@@ -513,10 +517,10 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
           timed_steps += 1
         if progbar:
           progbar.update(batch_in_epoch, [("loss", loss), ("top1_err", 1 - top1 / t.batch_size),
-                                          ("lr", float(optimizer.learning_rate))])
+                                          ("lr", _learning_rate(optimizer))])
         if step % t.log_every_steps == 0 or batch_in_epoch == steps_per_epoch:
           _log_window(writers, window, timed_steps, window_start, step, epoch, batch_in_epoch,
-                      steps_per_epoch, t.batch_size, float(optimizer.learning_rate), chief)
+                      steps_per_epoch, t.batch_size, _learning_rate(optimizer), chief)
           window, window_start, timed_steps = np.zeros(4), time.perf_counter(), 0
         if stop:
           save()
@@ -532,7 +536,7 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
       improved = bool(val) and (best_error is None or val["top1_error"] < best_error)
       if improved:
         best_error = val["top1_error"]
-      lr = float(optimizer.learning_rate)
+      lr = _learning_rate(optimizer)
       if schedule.update(epoch, val.get("top1_error")):
         logging.info("Validation error stopped improving: learning rate %g -> %g.", lr,
                      schedule.learning_rate(epoch + 1))

@@ -58,3 +58,18 @@ def write_dataset(data_dir: str, num_classes: int = 4, train: int = 32, validati
         "mean_rgb": (total / max(train, 1)).tolist(),
     })
   return data_dir
+
+
+def read_events(logdir: str) -> dict:
+  """{tag: {step: value}} of the TensorBoard event files under logdir (later files win).
+
+  Image summaries map to their encoded bytes.
+  """
+  found = {}
+  paths = sorted(tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*")),
+                 key=os.path.getmtime)
+  for path in paths:
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        found.setdefault(value.tag, {})[event.step] = tf.make_ndarray(value.tensor)
+  return found
