@@ -93,6 +93,9 @@ def export_saved_model(model: keras.Model, metadata: Dict[str, Any],
   os.makedirs(export_base, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=export_base)
   try:
+    # mkdtemp makes the folder 0700; the server often runs as another user (a container's),
+    # so the version gets the permissions any new folder gets under the umask.
+    os.chmod(tmp, 0o777 & ~_umask())
     tf.saved_model.save(module, tmp, signatures=signatures)
     xla = xla_must_compile_functions(tmp)
     if xla:
@@ -349,6 +352,12 @@ def _jsonable(value):
   if isinstance(value, np.generic):
     return value.item()
   return str(value)
+
+
+def _umask() -> int:
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
 
 
 def _check_version_free(export_base: str, version: Optional[int], overwrite: bool):

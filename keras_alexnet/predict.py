@@ -222,10 +222,14 @@ def main(argv):
   f = flags.FLAGS
   if f.benchmark:
     rows = benchmark(load(f.saved_model), [int(b) for b in f.benchmark], f.repeats)
-    print(f"{'signature':<16} {'batch':>5} {'median ms':>10} {'images/s':>9}")
+    model_alone = {r["batch_size"]: r["median_ms"] for r in rows
+                   if r["signature"] == "preprocessed"}
+    print(f"{'signature':<16} {'batch':>5} {'median ms':>10} {'images/s':>9} "
+          f"{'/ model alone':>13}")
     for r in rows:
       print(f"{r['signature']:<16} {r['batch_size']:>5} {r['median_ms']:>10.1f} "
-            f"{r['images_per_second']:>9.1f}")
+            f"{r['images_per_second']:>9.1f} "
+            f"{r['median_ms'] / model_alone[r['batch_size']]:>13.2f}")
     return 0
   if len(argv) < 2:
     print("Usage: python -m keras_alexnet.predict --saved_model=BASE/1 IMAGE_OR_FOLDER...",

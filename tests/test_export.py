@@ -302,6 +302,9 @@ def test_versions_are_numbered_and_never_overwritten_by_accident(images, stats, 
                                                                                         "7")
   assert export.export_saved_model(model, meta, stats, base) == os.path.join(base, "8")
   assert sorted(os.listdir(base)) == ["1", "2", "7", "8"]  # No temporary folder left.
+  # Readable like any new folder (not mkdtemp's 0700): the server may run as another user.
+  os.makedirs(tmp_path / "plain")
+  assert os.stat(os.path.join(base, "1")).st_mode == os.stat(tmp_path / "plain").st_mode
 
   with pytest.raises(FileExistsError, match="overwrite"):
     export.export_saved_model(model, meta, stats, base, version=2)
@@ -313,6 +316,23 @@ def test_versions_are_numbered_and_never_overwritten_by_accident(images, stats, 
   np.testing.assert_allclose(replaced(images=crop)["probabilities"],
                              keras_probabilities(other, crop), atol=1e-6)
   assert np.abs(keras_probabilities(other, crop) - keras_probabilities(model, crop)).max() > 0
+
+
+def test_a_version_taken_while_exporting_is_not_overwritten(stats, tmp_path, monkeypatch):
+  base = tmp_path / "models"
+  os.makedirs(base / "1")
+  (base / "1" / "saved_model.pb").write_bytes(b"another export's")
+  calls = []
+  real_versions = export.versions
+
+  def versions(folder):  # The first listing misses version 1, as if it appeared after it.
+    calls.append(folder)
+    return [] if len(calls) == 1 else real_versions(folder)
+  monkeypatch.setattr(export, "versions", versions)
+  path = export.export_saved_model(small_net(), {"classes": CLASSES}, stats, str(base),
+                                   warmup=False)
+  assert path == str(base / "2") and len(calls) == 2
+  assert (base / "1" / "saved_model.pb").read_bytes() == b"another export's"
 
 
 CRASH = textwrap.dedent("""
