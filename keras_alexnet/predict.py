@@ -108,15 +108,16 @@ def predict_files(signature: Callable[..., dict], files: Sequence[str],
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1; received {batch_size}.")
   results = {}
-  readable = []
-  for path in files:
-    try:
-      with open(path, "rb") as f:
-        readable.append((path, f.read()))
-    except OSError as e:
-      results[path] = Prediction(path, error=f"cannot read: {e.strerror or e}")
-  for start in range(0, len(readable), batch_size):
-    batch = readable[start:start + batch_size]
+  for start in range(0, len(files), batch_size):  # Read per batch: folders can be large.
+    batch = []
+    for path in files[start:start + batch_size]:
+      try:
+        with open(path, "rb") as f:
+          batch.append((path, f.read()))
+      except OSError as e:
+        results[path] = Prediction(path, error=f"cannot read: {e.strerror or e}")
+    if not batch:
+      continue
     try:
       results.update(_run(signature, batch))
     except tf.errors.InvalidArgumentError:
