@@ -51,8 +51,8 @@ _TMP_PREFIX = ".tmp-"
 @dataclasses.dataclass(frozen=True)
 class DemoDataConfig:
   """How much to draw; the output is a function of these fields alone."""
-  train_per_class: int = 240
-  validation_per_class: int = 50
+  train_per_class: int = 200
+  validation_per_class: int = 40
   heldout_per_class: int = 1
   num_classes: int = len(CLASSES)
   min_size: int = 256          # image sides are drawn from [min_size, max_size]
