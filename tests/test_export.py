@@ -96,13 +96,13 @@ def loaded(exported):
 
 def small_net(num_classes=NUM_CLASSES, seed=0):
   """A small conv net that sees where things are (so crops and mirrors change its output)."""
-  keras.utils.set_random_seed(seed)
   return keras.Sequential([
       keras.Input((224, 224, 3)),
-      keras.layers.Conv2D(4, 16, strides=16, activation="relu"),
+      keras.layers.Conv2D(4, 16, strides=16, activation="relu",
+                          kernel_initializer=keras.initializers.GlorotUniform(seed=seed)),
       keras.layers.Flatten(),
       keras.layers.Dense(num_classes, kernel_initializer=keras.initializers.RandomNormal(
-          stddev=0.01)),
+          stddev=0.01, seed=seed)),
   ], name="small_net")
 
 
