@@ -400,6 +400,16 @@ def test_without_a_label_map_the_indices_stand_in(images, stats, tmp_path):
   assert [int(n) for n in out["top5_names"].numpy()[0]] == list(out["top5_classes"].numpy()[0])
 
 
+def test_a_model_that_ends_in_softmax_is_not_softmaxed_twice(images, stats, tmp_path):
+  logits_net = small_net()
+  softmax_net = keras.Sequential([logits_net, keras.layers.Softmax(name="probabilities")])
+  path = export.export_saved_model(softmax_net, {"classes": CLASSES}, stats, str(tmp_path),
+                                   warmup=False)
+  crops = eval_crops([images["jpeg"], images["png"]], stats)
+  got = tf.saved_model.load(path).signatures["preprocessed"](images=crops)["probabilities"]
+  np.testing.assert_allclose(got, keras_probabilities(logits_net, crops), atol=1e-6)
+
+
 # --- Through a real training run's workdir ---------------------------------------------------
 
 @pytest.fixture(scope="module")
