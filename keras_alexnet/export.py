@@ -361,6 +361,10 @@ def _umask() -> int:
 
 
 def _check_version_free(export_base: str, version: Optional[int], overwrite: bool):
+  if "://" in str(export_base):
+    # os.makedirs would make a local folder named "gs:"; the atomic rename needs POSIX anyway.
+    raise ValueError(f"export_base must be a local or mounted folder; received the URL "
+                     f"{export_base!r}. Export locally, then copy the version folder.")
   if version is not None and (isinstance(version, bool) or not isinstance(version, int)
                               or version < 1):
     raise ValueError(f"version must be a positive integer (TF Serving's version folders); "

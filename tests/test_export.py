@@ -382,6 +382,8 @@ def test_bad_input_is_refused_before_writing(stats, tmp_path):
                               str(base))
   with pytest.raises(ValueError, match="positive integer"):
     export.export_saved_model(model, {"classes": CLASSES}, stats, str(base), version=0)
+  with pytest.raises(ValueError, match="local or mounted folder; received the URL"):
+    export.export_saved_model(model, {"classes": CLASSES}, stats, "gs://bucket/alexnet")
   with pytest.raises(ValueError, match="mean must be one of"):
     export.export_saved_model(model, {"classes": CLASSES}, stats, str(base), mean="median")
   wrong_input = keras.Sequential([keras.Input((227, 227, 3)), keras.layers.Flatten(),
