@@ -21,8 +21,10 @@ writes BASE/<version>/, the layout TF Serving watches (a base folder of numbered
 
 A version is written into a hidden temporary folder in BASE (TF Serving ignores names that are
 not integers) and renamed into place when complete, so a server never sees half a model and a
-crash leaves no numbered folder. No function may carry the _XlaMustCompile attribute: builds of
-TF Serving without XLA (the stock CPU ones) could not run it; the export checks its own graph.
+crash leaves no numbered folder. No function may carry the _XlaMustCompile attribute: the stock
+TF Serving images do not run such functions (tensorflow/serving#2214: "Could not find compiler
+for platform CUDA" on the GPU image; XLA on CPU only behind an experimental flag, #1858), so the
+export checks its own graph.
 """
 
 import dataclasses
@@ -268,7 +270,8 @@ def _unplaced(model: keras.Model) -> keras.Model:
 def xla_must_compile_functions(saved_model_dir: str) -> List[str]:
   """Names of the functions (and nodes) in a SavedModel marked _XlaMustCompile=true.
 
-  Such a function runs only where XLA is compiled in; stock TF Serving CPU builds lack it.
+  Such a function runs only where the server can compile XLA, which stock TF Serving images
+  do not by default (see the module docstring).
   """
   from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
   saved_model = saved_model_pb2.SavedModel()
