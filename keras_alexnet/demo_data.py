@@ -23,6 +23,7 @@ import dataclasses
 import io
 import json
 import math
+import multiprocessing
 import os
 import shutil
 from typing import Callable, Optional
@@ -277,8 +278,16 @@ def is_complete(output_dir: str, config: DemoDataConfig) -> bool:
           and manifest.get("config") == dataclasses.asdict(config))
 
 
+def _write(job) -> None:
+  tmp, config, (split, index, path, label, kind) = job
+  image = draw(label, _rng(config.seed, split, index), config.min_size, config.max_size)
+  with open(os.path.join(tmp, path), "wb") as f:
+    f.write(encode(image, kind))
+
+
 def generate(output_dir: str, config: DemoDataConfig = DemoDataConfig(),
-             progress: Optional[Callable[[int, int], None]] = None) -> dict:
+             progress: Optional[Callable[[int, int], None]] = None,
+             num_workers: int = 0) -> dict:
   """Writes the dataset of `config` as output_dir (or finds it there, complete); its manifest.
 
   Args:
@@ -286,6 +295,7 @@ def generate(output_dir: str, config: DemoDataConfig = DemoDataConfig(),
       nothing is drawn).
     config: what to draw.
     progress: called as progress(files done, files in all) every few dozen files.
+    num_workers: processes drawing images; 0: one per core.
 
   Raises:
     ValueError: a bad config, or output_dir exists and is not this dataset (nothing touched).
@@ -307,14 +317,23 @@ def generate(output_dir: str, config: DemoDataConfig = DemoDataConfig(),
   tmp = os.path.join(parent, f"{_TMP_PREFIX}{name}-{os.getpid()}")
   os.makedirs(tmp)
   try:
-    for done, (split, index, path, label, kind) in enumerate(files):
-      image = draw(label, _rng(config.seed, split, index), config.min_size, config.max_size)
-      target = os.path.join(tmp, path)
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      with open(target, "wb") as f:
-        f.write(encode(image, kind))
-      if progress and (done % 50 == 49 or done + 1 == len(files)):
-        progress(done + 1, len(files))
+    for folder in sorted({os.path.dirname(path) for _, _, path, _, _ in files}):
+      os.makedirs(os.path.join(tmp, folder), exist_ok=True)
+    jobs = [(tmp, config, file) for file in files]
+    workers = min(num_workers, len(files)) if num_workers else len(os.sched_getaffinity(0))
+    # Each image depends only on its own seed, so the order of drawing does not matter.
+    # forkserver: the caller may have imported TF, which does not survive a fork.
+    pool = (multiprocessing.get_context("forkserver").Pool(workers) if workers > 1
+            else None)
+    try:
+      for done, _ in enumerate(pool.imap_unordered(_write, jobs, chunksize=8) if pool
+                               else map(_write, jobs)):
+        if progress and (done % 50 == 49 or done + 1 == len(files)):
+          progress(done + 1, len(files))
+    finally:
+      if pool is not None:
+        pool.terminate()
+        pool.join()
     classes = CLASSES[:config.num_classes]
     with open(os.path.join(tmp, CLASSES_FILE), "w") as f:
       f.write("".join(f"{wnid}\t{text}\n" for wnid, text in classes))
