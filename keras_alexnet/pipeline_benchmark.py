@@ -2,10 +2,11 @@
 
   python -m keras_alexnet.pipeline_benchmark [--num_images=2048] [--batch_size=128]
 
-- cpu_pipeline: images/s of keras_alexnet.dataset up to uint8 batches (read, shuffle, parse,
-  decode, batch), over 256x256 JPEG shards written for the run, like the builder's output. The
-  bound: tf.io.decode_jpeg alone over the same JPEG bytes, held in memory, on all cores (a
-  tf.data map with AUTOTUNE and nothing else). Target: ratio >= 0.8.
+- cpu pipeline: images/s of keras_alexnet.dataset up to uint8 batches (read, shuffle, parse,
+  decode, batch), over 256x256 JPEG shards written for the run, like the builder's output; and
+  per core: images per CPU-second of this process. The bound: tf.io.decode_jpeg alone over the
+  same JPEG bytes, held in memory, on all cores (a tf.data map with AUTOTUNE and nothing
+  else). Target: ratio >= 0.8.
 - augment: images/s of preprocessing.augment (crop, mirror, lighting, per-pixel mean) on the
   default device, compiled with XLA and not; and a map_fn of tf.image.crop_to_bounding_box
   doing less (crop and mirror only) for comparison.
@@ -88,51 +89,78 @@ def _median_rate(run, images, repeats):
   return images / statistics.median(times)
 
 
+def _timed(iterable):
+  """(wall seconds, CPU seconds of this process, all threads) to run through `iterable`."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  for _ in iterable:
+    pass
+  return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def _pipeline_pass(config: dataset.DataConfig, batch_size: int):
-  """A function that runs one training epoch (a new one each call) of `create_split`."""
+  """A function that times one training epoch (a new one each call) of `create_split`. The
+  epoch's dataset is built before the clock starts: building it (listing shards, tracing the
+  parse function) is a fixed cost per epoch, reported on its own by `setup_seconds`, that a
+  small benchmark epoch would inflate several hundred times over an ImageNet epoch."""
   epoch = [0]
 
   def run():
     epoch[0] += 1
-    for _ in dataset.create_split(config, True, batch_size, epoch=epoch[0]):
-      pass
+    return _timed(dataset.create_split(config, True, batch_size, epoch=epoch[0]))
 
   return run
 
 
+def setup_seconds(config: dataset.DataConfig, batch_size: int, repeats: int = 3) -> float:
+  """Median wall time of building one epoch's dataset with `create_split`."""
+  times = []
+  for epoch in range(repeats):
+    start = time.perf_counter()
+    dataset.create_split(config, True, batch_size, epoch=epoch)
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
 def _decode_pass(data_dir: str, batch_size: int):
-  """A function that decodes the same JPEGs, held in memory, with tf.io.decode_jpeg alone on
-  all cores (a tf.data map with AUTOTUNE and nothing else): the bound."""
+  """A function that times decoding the same JPEGs, held in memory, with tf.io.decode_jpeg
+  alone on all cores (a tf.data map with AUTOTUNE and nothing else): the bound."""
   files = dataset.list_shards(data_dir, "train")
   jpegs = [tf.train.Example.FromString(r.numpy()).features.feature[features.ENCODED]
            .bytes_list.value[0] for r in tf.data.TFRecordDataset(files)]
   ds = tf.data.Dataset.from_tensor_slices(jpegs).map(
       lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3), num_parallel_calls=tf.data.AUTOTUNE,
       deterministic=False).batch(batch_size, drop_remainder=True)
-
-  def run():
-    for _ in ds:
-      pass
-
-  return run
+  return lambda: _timed(ds)
 
 
-def cpu_figures(config: dataset.DataConfig, batch_size: int, repeats: int = 5):
-  """(bound images/s, pipeline images/s, median ratio), passes alternated so that a change of
-  load on a shared machine hits both: each ratio compares neighbouring passes."""
+@dataclasses.dataclass
+class CpuFigures:
+  bound: float              # images/s, wall clock
+  pipeline: float
+  ratio: float              # median over alternated pairs of passes
+  bound_per_core: float     # images per CPU-second of the process (all its threads)
+  pipeline_per_core: float
+  ratio_per_core: float
+
+
+def cpu_figures(config: dataset.DataConfig, batch_size: int, repeats: int = 5) -> CpuFigures:
+  """The CPU pipeline against decode_jpeg alone. Passes alternate so that a change of load on
+  a shared machine hits both, and each ratio compares neighbouring passes. Per core is images
+  per CPU-second consumed by this process, which other processes' load disturbs far less than
+  wall-clock rates."""
   num = dataset.dataset_metadata(config)["num_examples"]["train"] // batch_size * batch_size
   bound, pipeline = _decode_pass(config.data_dir, batch_size), _pipeline_pass(config,
                                                                               batch_size)
   bound()
   pipeline()   # warm-up: tracing, thread pools, page cache
-  bounds, pipelines = [], []
-  for _ in range(repeats):
-    for run, rates in ((bound, bounds), (pipeline, pipelines)):
-      start = time.perf_counter()
-      run()
-      rates.append(num / (time.perf_counter() - start))
-  ratios = [p / b for p, b in zip(pipelines, bounds)]
-  return statistics.median(bounds), statistics.median(pipelines), statistics.median(ratios)
+  pairs = [(bound(), pipeline()) for _ in range(repeats)]
+  median = statistics.median
+  return CpuFigures(
+      bound=median(num / b[0] for b, _ in pairs), pipeline=median(num / p[0] for _, p in pairs),
+      ratio=median(b[0] / p[0] for b, p in pairs),
+      bound_per_core=median(num / b[1] for b, _ in pairs),
+      pipeline_per_core=median(num / p[1] for _, p in pairs),
+      ratio_per_core=median(b[1] / p[1] for b, p in pairs))
 
 
 def augment_rate(batch_size: int, jit_compile: bool, repeats: int = 5,
@@ -187,12 +215,14 @@ def rows(num_images: int = 2048, batch_size: int = 128, data_dir: Optional[str] 
     # filling it (reading without decoding) would be most of the time, while on ImageNet it is
     # under 1% of an epoch.
     config = dataset.DataConfig(data_dir, shuffle_buffer=min(10_000, num_images // 4))
-    bound, pipeline, ratio = cpu_figures(config, batch_size)
+    cpu = cpu_figures(config, batch_size)
+    setup = setup_seconds(config, batch_size)
   result = [
-      Row("decode_jpeg alone (bound)", bound, detail=f"{bound / n:.0f} img/s/core, {n} cores"),
-      Row("cpu pipeline -> uint8 batches", pipeline, "decode_jpeg alone", ratio,
-          f"{pipeline / n:.0f} img/s/core, {n} cores, batch {batch_size}; ratio: median of "
-          "alternated passes"),
+      Row("decode_jpeg alone (bound)", cpu.bound,
+          detail=f"{cpu.bound_per_core:.0f} img per CPU-s; {n} cores"),
+      Row("cpu pipeline -> uint8 batches", cpu.pipeline, "decode_jpeg alone", cpu.ratio,
+          f"{cpu.pipeline_per_core:.0f} img per CPU-s, ratio per core {cpu.ratio_per_core:.2f}; "
+          f"batch {batch_size}; epoch setup {setup * 1000:.0f} ms"),
   ]
   compiled = augment_rate(augment_batch_size, jit_compile=True)
   plain = augment_rate(augment_batch_size, jit_compile=False)

@@ -21,8 +21,9 @@ def test_records_are_what_the_builder_writes(tmp_path):
 
 def test_figures_are_measured(tmp_path):
   data_dir = pb.write_records(str(tmp_path), num_images=16, num_shards=2)
-  bound, pipeline, ratio = pb.cpu_figures(dataset.DataConfig(data_dir), batch_size=8,
-                                          repeats=1)
-  assert bound > 0 and pipeline > 0 and 0 < ratio < 10
+  figures = pb.cpu_figures(dataset.DataConfig(data_dir), batch_size=8, repeats=1)
+  assert figures.bound > 0 and figures.pipeline > 0 and 0 < figures.ratio < 10
+  assert figures.pipeline_per_core > 0 and 0 < figures.ratio_per_core < 10
+  assert pb.setup_seconds(dataset.DataConfig(data_dir), 8, repeats=1) > 0
   assert pb.augment_rate(4, jit_compile=False, repeats=1) > 0
   assert pb.map_fn_crop_rate(4, repeats=1) > 0
