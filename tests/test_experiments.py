@@ -2,9 +2,7 @@
 
 import json
 import os
-import subprocess
-import sys
-
+from absl import flags
 import numpy as np
 from PIL import Image
 import pytest
@@ -140,18 +138,23 @@ def test_figure1_bad_settings(tmp_path, overrides, message):
 # Comparison.
 
 
-def test_compare_two_flagfiles(tmp_path):
+def test_compare_two_flagfiles(tmp_path, monkeypatch, capsys):
+  # In this process (each run is still its own `python -m keras_alexnet.train`), through the
+  # command's main() so that the flags reach the runs as a user would pass them.
+  monkeypatch.chdir(REPO)
   data = tiny_data.write_dataset(str(tmp_path / "data"), num_classes=4, train=16, validation=8)
   a, b = tmp_path / "mirror.cfg", tmp_path / "no_mirror.cfg"
   a.write_text("--flagfile=flags/smoke.cfg\n")
   b.write_text("--flagfile=flags/smoke.cfg\n--nomirror\n")
   out = tmp_path / "out"
-  proc = subprocess.run(
-      [sys.executable, "-m", "keras_alexnet.experiments.compare", f"--flagfiles={a},{b}",
-       f"--data_dir={data}", f"--output_dir={out}", "--seed=3",
-       "--train_flags=--epochs=2 --steps_per_epoch=1 --eval_steps=1 --nosummary_images"],
-      capture_output=True, text=True, cwd=REPO, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  values = flags.FlagValues()
+  compare.define_flags(values)
+  monkeypatch.setattr(compare, "FLAGS", values)
+  values(["compare", f"--flagfiles={a},{b}", f"--data_dir={data}", f"--output_dir={out}",
+          "--seed=3", "--train_flags=--epochs=2 --steps_per_epoch=1 --eval_steps=1 "
+          "--nosummary_images"])
+  compare.main(["compare"])
+  stdout = capsys.readouterr().out
   with open(out / "comparison.json") as f:
     summary = json.load(f)
   assert [r["name"] for r in summary["runs"]] == ["mirror", "no_mirror"]
@@ -166,7 +169,7 @@ def test_compare_two_flagfiles(tmp_path):
     assert ("--nomirror" in flags_used) == (run["name"] == "no_mirror")
   table = (out / "comparison.md").read_text()
   assert table.count("\n| mirror |") == 1 and table.count("\n| no_mirror |") == 1
-  assert "| mirror |" in proc.stdout
+  assert "| mirror |" in stdout and "comparison.png" in stdout
   _png_ok(out / "comparison.png")
   assert (out / "logs" / "no_mirror.log").exists()
 

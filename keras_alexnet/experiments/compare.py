@@ -244,16 +244,21 @@ def compare(config: CompareConfig) -> dict:
 FLAGS = flags.FLAGS
 
 
-def define_flags():
+def define_flags(flag_values=flags.FLAGS):
+  """The command's flags, on flag_values (tests pass their own FlagValues)."""
+  f = flag_values
   flags.DEFINE_list("flagfiles", [], "Two or more training flagfiles, e.g. "
-                    "flags/paper.cfg,flags/ablations/no_lrn.cfg.")
-  flags.DEFINE_list("names", [], "A name per flagfile (default: the file names).")
-  flags.DEFINE_string("data_dir", None, "TFRecord shards every run trains and validates on.")
-  flags.DEFINE_string("output_dir", None, "Workdirs <output_dir>/<name>, logs, the table.")
-  flags.DEFINE_integer("seed", 0, "The same --seed for every run.")
+                    "flags/paper.cfg,flags/ablations/no_lrn.cfg.", flag_values=f)
+  flags.DEFINE_list("names", [], "A name per flagfile (default: the file names).",
+                    flag_values=f)
+  flags.DEFINE_string("data_dir", None, "TFRecord shards every run trains and validates on.",
+                      flag_values=f)
+  flags.DEFINE_string("output_dir", None, "Workdirs <output_dir>/<name>, logs, the table.",
+                      flag_values=f)
+  flags.DEFINE_integer("seed", 0, "The same --seed for every run.", flag_values=f)
   flags.DEFINE_string("train_flags", "", "Extra training flags for every run, e.g. "
-                      "\"--epochs=10 --strategy=one_device\".")
-  flags.DEFINE_bool("plot", True, "Write comparison.png (needs matplotlib).")
+                      "\"--epochs=10 --strategy=one_device\".", flag_values=f)
+  flags.DEFINE_bool("plot", True, "Write comparison.png (needs matplotlib).", flag_values=f)
 
 
 def main(argv):

@@ -379,19 +379,25 @@ def report(results: dict) -> str:
 FLAGS = flags.FLAGS
 
 
-def define_flags():
+def define_flags(flag_values=flags.FLAGS):
+  """The command's flags, on flag_values (tests pass their own FlagValues)."""
+  f = flag_values
   flags.DEFINE_string("image_dir", None, "Class folders: IMAGE_DIR/<class>/<image>. Default "
-                      "(with --data_dir unset): the demo dataset.")
-  flags.DEFINE_string("data_dir", None, "TFRecord shards (python -m tfrecords.build).")
-  flags.DEFINE_string("output_dir", Figure1Config.output_dir, "Where figure1.json/.png go.")
-  flags.DEFINE_integer("epochs", EPOCHS, "Epochs per run.")
+                      "(with --data_dir unset): the demo dataset.", flag_values=f)
+  flags.DEFINE_string("data_dir", None, "TFRecord shards (python -m tfrecords.build).",
+                      flag_values=f)
+  flags.DEFINE_string("output_dir", Figure1Config.output_dir, "Where figure1.json/.png go.",
+                      flag_values=f)
+  flags.DEFINE_integer("epochs", EPOCHS, "Epochs per run.", flag_values=f)
   flags.DEFINE_list("learning_rates", [str(r) for r in LEARNING_RATES],
-                    "The sweep; each unit keeps its fastest rate.")
-  flags.DEFINE_integer("batch_size", BATCH_SIZE, "Mini-batch size.")
-  flags.DEFINE_float("target_error", TARGET_ERROR, "Figure 1's 25% training error.")
-  flags.DEFINE_integer("max_examples", MAX_EXAMPLES, "At most this many training images.")
-  flags.DEFINE_integer("seed", 0, "Initial weights and data order.")
-  flags.DEFINE_bool("plot", True, "Write figure1.png (needs matplotlib).")
+                    "The sweep; each unit keeps its fastest rate.", flag_values=f)
+  flags.DEFINE_integer("batch_size", BATCH_SIZE, "Mini-batch size.", flag_values=f)
+  flags.DEFINE_float("target_error", TARGET_ERROR, "Figure 1's 25% training error.",
+                     flag_values=f)
+  flags.DEFINE_integer("max_examples", MAX_EXAMPLES, "At most this many training images.",
+                       flag_values=f)
+  flags.DEFINE_integer("seed", 0, "Initial weights and data order.", flag_values=f)
+  flags.DEFINE_bool("plot", True, "Write figure1.png (needs matplotlib).", flag_values=f)
 
 
 def config_from_flags(f) -> Figure1Config:
