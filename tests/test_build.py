@@ -412,3 +412,20 @@ def test_resume_after_kill_gives_the_same_bytes(tmp_path):
   info = build.build(_config(source, killed, train_shards=20))
   assert info["splits"]["train"]["num_examples"] == 80
   assert _files(killed) == _files(reference)     # no temporary files left either
+
+
+def test_a_script_without_main_guard_can_use_workers(tmp_path):
+  """Workers do not re-run the caller's main module (multiprocessing would, and a script with
+  no `if __name__ == "__main__":` guard would then start builds in its workers, forever)."""
+  source = _class_folders(tmp_path / "in", per_class=2)
+  script = tmp_path / "script.py"
+  script.write_text(
+      "from tfrecords import build\n"
+      f"info = build.build(build.BuildConfig(input={source!r}, output_dir="
+      f"{str(tmp_path / 'out')!r}, num_workers=2, train_shards=2, validation_shards=2, "
+      "progress=False))\n"
+      "print('examples', info['splits']['train']['num_examples'])\n")
+  run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "PYTHONPATH": REPO})
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert "examples 6" in run.stdout

@@ -27,7 +27,6 @@ import socket
 import sys
 import time
 from typing import Optional
-import warnings
 
 from absl import logging
 import numpy as np
@@ -58,12 +57,6 @@ _PROGRESS_EVERY = 16            # images between updates of the shared progress 
 # command answers bad flags or input in a second instead of after TF's import. The forkserver
 # imports it once for all workers.
 _WORKER_PRELOAD = ["tensorflow", "tfrecords.build"]
-
-# Worker processes fork from a server that has imported this module, then re-run the main
-# module (`python -m tfrecords.build`) as __mp_main__; runpy warns that it is imported already.
-# That is expected here, and the filter is inherited by the workers from the server.
-warnings.filterwarnings("ignore", message=r"'tfrecords\.build' found in sys\.modules",
-                        category=RuntimeWarning)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -431,11 +424,24 @@ def _write_text_atomic(path: str, text: str) -> None:
 
 
 def _pool(workers: int, counter):
-  # forkserver: workers fork from a clean server that has imported this module (and TF) once,
-  # not from a parent whose TF runtime may already hold threads and locks.
+  """Worker processes forked from a clean server that has imported TF and this module once
+  (not from a parent whose TF runtime may already hold threads and locks)."""
   context = multiprocessing.get_context("forkserver")
   context.set_forkserver_preload(_WORKER_PRELOAD)
-  return context.Pool(workers, initializer=_init_worker, initargs=(counter,))
+  # Workers run only this module's functions, so they need not re-run the caller's main
+  # module, as multiprocessing would: a script calling build() without an
+  # `if __name__ == "__main__":` guard would otherwise start builds in its workers, whose
+  # deaths the pool answers with new workers, forever. Hiding the main module's origin while
+  # the workers start skips that step.
+  main = sys.modules["__main__"]
+  origin = {k: main.__dict__.get(k) for k in ("__file__", "__spec__") if k in main.__dict__}
+  main.__dict__.update(__file__=None, __spec__=None)
+  try:
+    return context.Pool(workers, initializer=_init_worker, initargs=(counter,))
+  finally:
+    main.__dict__.update(origin)
+    if "__file__" not in origin:
+      del main.__file__
 
 
 def build(config: BuildConfig) -> Optional[dict]:

@@ -25,6 +25,7 @@ JPEG_SUBSAMPLING = "4:2:0"
 BACKGROUND = (255, 255, 255)
 # ImageNet's largest images are ~ 60 MP; Pillow's bomb check would refuse some large scans.
 MAX_IMAGE_PIXELS = 250_000_000
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 
 class SkipImage(Exception):
@@ -46,7 +47,9 @@ def _open(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
   except Image.UnidentifiedImageError:
     raise SkipImage("not an image (no known image format)") from None
-  except (OSError, SyntaxError, ValueError) as e:
+  except Image.DecompressionBombError as e:
+    raise SkipImage(f"too many pixels: {e}") from None
+  except Exception as e:  # Pillow's plugins raise OSError, SyntaxError, ValueError, ...
     raise SkipImage(f"unreadable image header: {e}") from None
   return image
 
@@ -79,11 +82,11 @@ def convert(data: bytes, size: Optional[int], quality: int) -> Converted:
   Raises:
     SkipImage: empty, not an image, truncated or corrupt.
   """
-  image = _open(data)
   with warnings.catch_warnings():
     # Pillow warns (and libjpeg tolerates) on some damaged files; damage that loses pixels
     # raises below, the rest decodes as every JPEG reader would decode it.
     warnings.simplefilter("ignore")
+    image = _open(data)
     try:
       if size is not None and image.format == "JPEG":
         # Let libjpeg scale by 1/2, 1/4 or 1/8 in the DCT while the shorter side stays
@@ -92,13 +95,19 @@ def convert(data: bytes, size: Optional[int], quality: int) -> Converted:
         scale = size / min(width, height)
         image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
       image.load()
-    except SkipImage:
-      raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error...
       raise SkipImage(f"truncated or corrupt: {e}") from None
   if image.width < 1 or image.height < 1:
     raise SkipImage(f"image has no pixels ({image.width}x{image.height})")
+  try:
+    return _to_stored(image, data, size, quality)
+  except Exception as e:  # decoded, but in a mode or size Pillow cannot take further
+    raise SkipImage(f"cannot convert {image.mode} {image.width}x{image.height}: "
+                    f"{type(e).__name__}: {e}") from None
 
+
+def _to_stored(image: Image.Image, data: bytes, size: Optional[int],
+               quality: int) -> Converted:
   keep_original = size is None and image.format == "JPEG" and image.mode == "RGB"
   rgb = _to_rgb(image)
   if size is not None:
@@ -114,6 +123,3 @@ def convert(data: bytes, size: Optional[int], quality: int) -> Converted:
     encoded = buffer.getvalue()
   return Converted(encoded=encoded, height=rgb.height, width=rgb.width,
                    pixels=np.asarray(rgb))
-
-
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
