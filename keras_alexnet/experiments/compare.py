@@ -201,6 +201,7 @@ def plot(results: Sequence[Result], path: str, title: str = "") -> None:
         axes.plot(xs, ys, style, color=colour, marker="o", markersize=3,
                   label=f"{r.name} {label}")
   axes.set_xlabel("Epoch")
+  axes.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
   axes.set_ylabel("Validation error (centre crop)")
   axes.set_ylim(0, 1)
   axes.set_title(title or "Validation error", fontsize=10)

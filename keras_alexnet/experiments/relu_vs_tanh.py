@@ -332,6 +332,7 @@ def plot_curves(best: Dict[str, Run], target: float, source: str, path: str) -> 
               label=f"{activation} (learning rate {run.learning_rate:g})")
   axes.axhline(target, color="grey", linewidth=0.8, linestyle=":")
   axes.set_xlabel("Epochs")
+  axes.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
   axes.set_ylabel("Training error rate")
   axes.set_ylim(0, 1)
   axes.set_title("Figure 1: ReLU vs tanh", fontsize=11)
