@@ -76,8 +76,22 @@ def _check_devices(devices):
 
 def make_strategy(train: config_lib.TrainConfig):
   """(strategy, the model's two tower devices or None) for --strategy."""
-  gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
   devices = list(train.devices)
+  if train.strategy == "multi_worker":
+    # First: listing devices would start TF's runtime, after which collectives cannot be set up.
+    tf_config = os.environ.get("TF_CONFIG")
+    if not tf_config:
+      raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                       "(cluster and task; see README.md, 'Train and evaluate').")
+    try:
+      json.loads(tf_config)["cluster"]
+    except (ValueError, KeyError, TypeError):
+      raise ValueError(f"TF_CONFIG must be JSON with a 'cluster' and a 'task'; received "
+                       f"{tf_config!r}.") from None
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=train.collective_timeout or None)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options), None
+  gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
   if devices:
     _check_devices(devices)
   if train.strategy == "one_device":
@@ -97,19 +111,6 @@ def make_strategy(train: config_lib.TrainConfig):
           f"{sorted(d.name for d in tf.config.list_logical_devices())}. Use a machine with two "
           "GPUs, name two with --devices, or split the CPU with --num_cpu_devices=2.")
     return tf.distribute.OneDeviceStrategy(devices[0]), tuple(devices[:2])
-  if train.strategy == "multi_worker":
-    tf_config = os.environ.get("TF_CONFIG")
-    if not tf_config:
-      raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
-                       "(cluster and task; see README.md, 'Train and evaluate').")
-    try:
-      json.loads(tf_config)["cluster"]
-    except (ValueError, KeyError, TypeError):
-      raise ValueError(f"TF_CONFIG must be JSON with a 'cluster' and a 'task'; received "
-                       f"{tf_config!r}.") from None
-    options = tf.distribute.experimental.CommunicationOptions(
-        timeout_seconds=train.collective_timeout or None)
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options), None
   raise ValueError(f"--strategy must be one of {config_lib.STRATEGIES}; received "
                    f"{train.strategy!r}.")
 
@@ -367,6 +368,10 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
   """
   config_lib.check_train_config(config)
   t = config.train
+  strategy = None
+  if t.strategy == "multi_worker":
+    # Collective ops must be set up before TF runs anything, e.g. reading the dataset below.
+    strategy, tower_devices = make_strategy(t)
   data_meta = dataset_lib.dataset_metadata(config.data)
   num_classes = data_meta["num_classes"]
   if config.model.num_classes is not None and config.model.num_classes != num_classes:
@@ -384,7 +389,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
   stats = (preprocessing.imagenet_statistics() if config.data.synthetic
            else preprocessing.statistics_from_dataset_info(config.data.data_dir))
 
-  strategy, tower_devices = make_strategy(t)
+  if strategy is None:
+    strategy, tower_devices = make_strategy(t)
   replicas = strategy.num_replicas_in_sync
   if t.batch_size % replicas:
     raise ValueError(f"--batch_size={t.batch_size} (the global batch) is not divisible by the "
