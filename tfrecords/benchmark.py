@@ -14,7 +14,6 @@ and prints images/s and, per worker, the ratio to the bare rate (target >= 0.8).
 
 import io
 import os
-import statistics
 import tempfile
 import time
 
@@ -63,24 +62,32 @@ def write_images(root: str, count: int, seed: int) -> list[bytes]:
   return encoded
 
 
-def bare_rate(encoded: list[bytes]) -> float:
-  start = time.perf_counter()
+def bare_rate(encoded: list[bytes]) -> tuple[float, float]:
+  """(images per wall second, images per CPU second) of image.convert alone."""
+  wall, cpu = time.perf_counter(), time.process_time()
   for data in encoded:
     image.convert(data, build.DEFAULT_IMAGE_SIZE, build.DEFAULT_JPEG_QUALITY)
-  return len(encoded) / (time.perf_counter() - start)
+  return (len(encoded) / (time.perf_counter() - wall),
+          len(encoded) / (time.process_time() - cpu))
 
 
-def build_rate(source: str, output: str, workers: int, shards: int, count: int) -> float:
+def build_rate(source: str, output: str, workers: int, shards: int,
+               count: int) -> tuple[float, float]:
+  """(images per wall second, per CPU second of this process) of a whole build.
+
+  With one worker the build runs in this process, so its CPU rate is the builder's own cost
+  per image, whatever else the machine runs; with more, the workers' CPU is not counted.
+  """
   config = build.BuildConfig(input=source, output_dir=output, num_workers=workers,
                              train_shards=shards, overwrite=True, progress=False)
-  start = time.perf_counter()
+  wall, cpu = time.perf_counter(), time.process_time()
   build.build(config)
-  elapsed = time.perf_counter() - start
+  rates = count / (time.perf_counter() - wall), count / (time.process_time() - cpu)
   for name in os.listdir(output):   # the next run must do all the work again
     path = os.path.join(output, name)
     if os.path.isfile(path):
       os.remove(path)
-  return count / elapsed
+  return rates
 
 
 def main(argv) -> None:
@@ -103,9 +110,12 @@ def main(argv) -> None:
       bare.append(bare_rate(encoded))
       one.append(build_rate(source, output, 1, shards, len(encoded)))
       many.append(build_rate(source, output, workers, shards, len(encoded)))
-    bare, one, many = (statistics.median(x) for x in (bare, one, many))
-    print(f"bare decode+resize+encode, one core: {bare:8.1f} images/s")
-    print(f"builder, 1 worker:                   {one:8.1f} images/s = {one / bare:.2f} of bare")
+    (bare, bare_cpu), (one, one_cpu), (many, _) = (
+        np.median(runs, axis=0) for runs in (bare, one, many))
+    print(f"bare decode+resize+encode, one core: {bare:8.1f} images/s "
+          f"({bare_cpu:.1f} per CPU second)")
+    print(f"builder, 1 worker:                   {one:8.1f} images/s = {one / bare:.2f} of bare "
+          f"({one_cpu:.1f} per CPU second = {one_cpu / bare_cpu:.2f} of bare)")
     print(f"builder, {workers} workers:".ljust(37) + f"{many:8.1f} images/s = "
           f"{many / workers / bare:.2f} of bare per worker; {many / one:.2f}x one worker")
 

@@ -516,7 +516,14 @@ def build(config: BuildConfig) -> Optional[dict]:
                  "finishes last writes %s (or rerun this command then).", len(remaining),
                  dataset_info.FILENAME)
     return None
-  info = _finalize(tasks, source, config, record)
+  try:
+    info = _finalize(tasks, source, config, record)
+  except FileNotFoundError:
+    # Another host found every shard complete at the same time, finalized first and removed
+    # the per-shard sums: its dataset_info.json is this build's.
+    info = dataset_info.read(config.output_dir)
+    if not info or info.get("build") != record:
+      raise
   logging.info("Wrote %s: %s.", config.output_dir, ", ".join(
       f"{k} {v['num_examples']:,} images in {v['num_shards']} shards "
       f"({v['num_skipped']} skipped)" for k, v in info["splits"].items()))

@@ -37,7 +37,7 @@ class InputError(ValueError):
   """The input cannot be built as asked; the message says what was found and what is allowed."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)   # slots: ImageNet lists 1.33 M of them
 class Item:
   """One image to convert: where its bytes are and what it is."""
   filename: str      # image/filename: ILSVRC basename, or the path inside the split folder
@@ -156,8 +156,8 @@ def _scan_split_folder(folder: str) -> tuple[dict[str, list[str]], list[str]]:
       files = []
       for root, dirs, names in os.walk(entry.path, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not _hidden(d))
-        files.extend(os.path.relpath(os.path.join(root, n), folder).replace(os.sep, "/")
-                     for n in sorted(names) if not _hidden(n))
+        prefix = os.path.relpath(root, folder).replace(os.sep, "/")   # once per folder: slow
+        files.extend(f"{prefix}/{n}" for n in sorted(names) if not _hidden(n))
       classes[entry.name] = files
     elif entry.is_file():
       flat.append(entry.name)

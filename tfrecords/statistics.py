@@ -14,9 +14,9 @@ from typing import Optional
 
 import numpy as np
 
-# Per-pixel partial sums are kept in small integer types for up to this many images and then
-# folded into the int64 totals: 257 * 255 = 65535 fits uint16 (and 257 * 255^2 fits uint32).
-# Same-dtype element-wise numpy ops are several times cheaper than mixed-dtype sums.
+# Per-pixel sums are kept in uint16 for up to this many images (257 * 255 = 65535 fits), then
+# folded into the int64 totals: adding uint8 images to uint16 is several times cheaper in numpy
+# than to int64.
 _FOLD_EVERY = 257
 # The six distinct products of the symmetric x x^T: rr, rg, rb, gg, gb, bb.
 _PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
@@ -37,9 +37,11 @@ class PixelStatistics:
     self._num_pending = 0
     if image_size:
       self._pending_pixels = np.zeros((image_size, image_size, 3), np.uint16)
-      self._pending_products = np.zeros((len(_PAIRS), image_size, image_size), np.uint32)
+      # Sums of each product per image row (a row of up to 66,000 products fits uint32).
+      self._pending_products = np.zeros((len(_PAIRS), image_size), np.uint64)
       self._planes = np.empty((3, image_size, image_size), np.uint32)
       self._product = np.empty((image_size, image_size), np.uint32)
+      self._row_sums = np.empty(image_size, np.uint32)
 
   def add(self, pixels: np.ndarray) -> None:
     """Adds one uint8 [H, W, 3] image."""
@@ -52,12 +54,13 @@ class PixelStatistics:
       return
     if pixels.shape != self._pending_pixels.shape:
       raise ValueError(f"expected {self._pending_pixels.shape} images; got {pixels.shape}")
-    # Per-position partial sums: the reduction over positions happens once per fold.
     np.add(self._pending_pixels, pixels, out=self._pending_pixels)
+    # Same-dtype uint32 planes: numpy's mixed-dtype loops are several times slower.
     np.copyto(self._planes, np.moveaxis(pixels, 2, 0))
     for k, (i, j) in enumerate(_PAIRS):
       np.multiply(self._planes[i], self._planes[j], out=self._product)
-      np.add(self._pending_products[k], self._product, out=self._pending_products[k])
+      np.add.reduce(self._product, axis=1, out=self._row_sums)
+      self._pending_products[k] += self._row_sums
     self._num_pending += 1
     if self._num_pending == _FOLD_EVERY:
       self._fold()
@@ -77,7 +80,7 @@ class PixelStatistics:
     self.pixel_sum += pixel_sum
     self.channel_sum += pixel_sum.sum(axis=(0, 1))
     for k, (i, j) in enumerate(_PAIRS):
-      self.product_sum[i, j] += int(self._pending_products[k].sum(dtype=np.uint64))
+      self.product_sum[i, j] += int(self._pending_products[k].sum())
       self.product_sum[j, i] = self.product_sum[i, j]
     self._pending_pixels.fill(0)
     self._pending_products.fill(0)
