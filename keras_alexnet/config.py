@@ -116,6 +116,9 @@ def check_train_config(config: Config) -> None:
   if t.strategy == "multi_worker" and t.devices:
     bad("devices", list(t.devices), "empty with --strategy=multi_worker (it uses the local "
         "GPUs, or the CPU, of every worker in TF_CONFIG)")
+  if t.xla and t.deterministic:
+    bad("xla", t.xla, "False with --deterministic (XLA has no deterministic max-pooling "
+        "gradient; TF fails with UNIMPLEMENTED)")
   if t.collective_timeout < 0:
     bad("collective_timeout", t.collective_timeout, ">= 0 seconds")
   if t.tiny_model and t.strategy == "two_tower":

@@ -174,3 +174,31 @@ def test_kernel_grid_is_figure_3_layout():
   k = kernels[..., 13]
   np.testing.assert_allclose(grid[0, 13 * zoom, 13 * zoom], 0.5 + 0.5 * k[0, 0] / np.abs(k).max(),
                              rtol=1e-6)
+
+
+@pytest.mark.parametrize("precision, xla", [("mixed_float16", True), ("mixed_bfloat16", False)])
+def test_mixed_precision_and_xla_steps(precision, xla):
+  """--precision and --xla: float32 variables, a finite loss, an update; float16 with a
+  dynamic loss scale."""
+  keras.mixed_precision.set_global_policy(precision)
+  try:
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+      model = checkpointing.tiny_model(4)
+      opt = optimizer_lib.PaperSGD(0.01)
+      if precision == "mixed_float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+      opt.build(model.trainable_variables)
+    kernel = model.get_layer("conv1").kernel
+    before = kernel.numpy()
+    step = training.make_train_step(model, opt, strategy, preprocessing.imagenet_statistics(),
+                                    preprocessing.AugmentConfig(), 4, 0, xla)
+    images = tf.constant(np.random.default_rng(0).integers(0, 256, (4, 256, 256, 3)), tf.uint8)
+    loss_sum, _, _, _ = step(images, tf.constant([0, 1, 2, 3]), tf.constant(0, tf.int64),
+                             tf.constant(0.0))
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert np.isfinite(float(loss_sum))
+  assert kernel.dtype == "float32" and not np.array_equal(kernel.numpy(), before)
+  if precision == "mixed_float16":
+    assert float(opt.dynamic_scale.numpy()) > 1
