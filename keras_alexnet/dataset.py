@@ -161,8 +161,10 @@ def _is_tfds_info(info):
   return info is not None and "format" not in info and "name" in info
 
 
-def _resolve(config: DataConfig) -> _Source:
-  """Finds the format, label offset, class count and split sizes of config.data_dir."""
+def _resolve(config: DataConfig, counts: bool = True) -> _Source:
+  """Finds the format, label offset, class count and (counts=True) split sizes of
+  config.data_dir. Without counts in a dataset_info.json, counting means reading every record,
+  which create_split does not need."""
   _check_config(config)
   data_dir = config.data_dir
   if not tf.io.gfile.isdir(data_dir):
@@ -239,7 +241,7 @@ def _resolve(config: DataConfig) -> _Source:
                        "images or original sizes (null).")
 
   num_examples = {split: _num_examples(data_dir, split, files[split], ours, info if tfds_info
-                                       else None) for split in SPLITS}
+                                       else None) for split in SPLITS} if counts else {}
   return _Source(format=fmt, label_offset=label_offset, num_classes=num_classes,
                  image_size=image_size, classes=classes, num_examples=num_examples, info=ours)
 
@@ -413,7 +415,7 @@ def create_split(config: DataConfig, train: bool, batch_size: int, *,
   if config.synthetic:
     return _synthetic_split(config, split, batch_size, epoch, skip_batches)
 
-  source = _resolve(config)
+  source = _resolve(config, counts=False)
   files = list_shards(config.data_dir, split)
   if not files:
     raise FileNotFoundError(f"{config.data_dir} holds no {split} shards "
