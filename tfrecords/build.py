@@ -631,9 +631,8 @@ def verify(output_dir: str, workers: int = 0, progress: bool = True) -> list[str
 
 
 def main(argv) -> None:
-  from absl import app, flags  # only the entry point reads flags
-  del app
-  FLAGS = flags.FLAGS
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {argv[1:]}")
   resize = FLAGS.resize.strip().lower()
@@ -664,7 +663,9 @@ def main(argv) -> None:
 
 
 def _define_flags() -> None:
-  from absl import flags
+  """Defined when run as the command, not on import: build() is also a library function, and
+  absl's flags are global (tfrecords.benchmark has its own --seed, for one)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("input", None, "Folder with ILSVRC2012_img_{train,val}.tar, or train/ and "
                       "val/ folders (ILSVRC extracted, or any <split>/<class>/ images).")
   flags.DEFINE_string("output_dir", None, "Where the shards and dataset_info.json go.")
