@@ -118,7 +118,8 @@ def list_shards(data_dir: str, split: str) -> list:
   found = {}
   for path in tf.io.gfile.glob(os.path.join(glob.escape(data_dir), f"*{split}*-of-*")):
     match = _SHARD_RE.match(os.path.basename(path))
-    if match and match["split"] == split:
+    # Hidden files are other tools' temporaries (the builder's start with ".tmp-").
+    if match and match["split"] == split and not os.path.basename(path).startswith("."):
       found[path] = (int(match["index"]), int(match["total"]))
   if not found:
     return []

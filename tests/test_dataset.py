@@ -259,6 +259,16 @@ def test_missing_split(tmp_path):
     dataset.create_split(dataset.DataConfig(str(tmp_path)), False, 2)
 
 
+def test_temporary_and_foreign_files_are_not_shards(tmp_path):
+  write_shards(str(tmp_path), "train", 2, 1)
+  write_info(str(tmp_path), 2, 0)
+  for name in (".tmp-train-00001-of-00002", "train-00001-of-00002.host-12.tmp",
+               "train-00000-of-00002.json", "notes-train.txt"):
+    (tmp_path / name).write_bytes(b"not a shard")
+  assert [os.path.basename(p) for p in dataset.list_shards(str(tmp_path), "train")] == [
+      "train-00000-of-00002", "train-00001-of-00002"]
+
+
 def test_incomplete_shard_set(tmp_path):
   write_shards(str(tmp_path), "train", 3, 1)
   os.remove(tmp_path / features.shard_name("train", 1, 3))
