@@ -286,6 +286,11 @@ def dataset_metadata(config: DataConfig) -> dict:
 # Records -> (image, label).
 
 
+# The pipeline's functions have no Python control flow on tensors: AutoGraph would only cost
+# tracing time (and re-reads the source, which breaks if the file changed since import).
+_no_autograph = tf.autograph.experimental.do_not_convert
+
+
 def _assert(condition, data):
   """An Assert op that fails with `data` when `condition` is false. tf.debugging.Assert wraps
   string data in a tf.cond, a function call per image that cost about 10% of the pipeline."""
@@ -312,14 +317,17 @@ def _reader(source: _Source):
           label_key: tf.io.FixedLenFeature([], tf.int64),
           name_key: tf.io.FixedLenFeature([], tf.string, default_value="")}
 
+  @_no_autograph
   def count(read, records):
     read += tf.reduce_sum(tf.cast(tf.strings.length(records), tf.int64) + RECORD_OVERHEAD)
     return read, (records, read)
 
+  @_no_autograph
   def read_shard(path, size):
     batches = tf.data.TFRecordDataset(path).ignore_errors(log_warning=True).batch(READ_BATCH)
     batches = batches.concatenate(tf.data.Dataset.from_tensors(tf.constant([], tf.string)))
 
+    @_no_autograph
     def check_and_parse(records, read):
       complete = tf.logical_or(tf.size(records) > 0, tf.equal(read, size))
       assertion = _assert(complete, [
@@ -340,6 +348,7 @@ def _decoder(source: _Source):
   stored = source.image_size == preprocessing.STORED_SIZE
   size = preprocessing.STORED_SIZE
 
+  @_no_autograph
   def decode(path, encoded, raw_label, name):
     if stored:
       # The builder stored 256x256 JPEGs: decode only, and refuse any other size.
