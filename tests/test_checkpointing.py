@@ -3,6 +3,7 @@ load_model rebuilding the exact model from config.json."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -132,7 +133,6 @@ def test_load_model_errors(tmp_path):
   with pytest.raises(ValueError, match="does not match"):
     checkpointing.load_model(workdir, "latest")
   for step in store.steps():
-    import shutil
     shutil.rmtree(store.path(step))
   with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
     checkpointing.load_model(workdir)

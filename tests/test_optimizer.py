@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_alexnet import optimizer as optimizer_lib
+import tiny_data
 
 
 def _run(opt, values, grads_per_step):
@@ -58,9 +59,10 @@ def test_equals_keras_sgd_on_gradient_plus_decay():
   assert not np.allclose(decoupled, ours, rtol=1e-7, atol=0)
 
 
-def test_decay_added_once_under_mirrored_strategy():
+def test_decay_added_once_under_mirrored_strategy(monkeypatch):
   """Two replicas each holding half the gradient: the same update as one device with the
   whole gradient (the decay term is added after the all-reduce, not per replica)."""
+  tiny_data.unique_collective_keys(monkeypatch)
   strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
   g = np.array([[0.4, -0.2]], np.float32)
   with strategy.scope():

@@ -73,8 +73,9 @@ def _final_weights(workdir):
   return [v.numpy() for v in model.trainable_variables]
 
 
-def test_mirrored_on_two_devices_equals_one_device(data_dir, tmp_path):
+def test_mirrored_on_two_devices_equals_one_device(data_dir, tmp_path, monkeypatch):
   """Same global batch of 8: one device, or two replicas of 4 whose gradients are summed."""
+  tiny_data.unique_collective_keys(monkeypatch)
   model = model_lib.ModelConfig(num_classes=None, dropout=0.0)
   runs = {}
   for strategy, devices in (("one_device", ("/cpu:0",)), ("mirrored", ("/cpu:0", "/cpu:1"))):
@@ -126,7 +127,8 @@ def _untouched(workdir, call, error, match):
   assert before == after
 
 
-def test_bad_input_fails_before_touching_the_workdir(data_dir, tmp_path):
+def test_bad_input_fails_before_touching_the_workdir(data_dir, tmp_path, monkeypatch):
+  tiny_data.unique_collective_keys(monkeypatch)
   workdir = str(tmp_path / "run")
   empty = str(tmp_path / "empty")
   os.makedirs(empty)

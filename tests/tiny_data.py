@@ -95,3 +95,17 @@ def make_workdir(workdir: str, data_dir: str, seed: int = 0) -> str:
   checkpointing.CheckpointStore(workdir).save(
       tf.train.Checkpoint(model=checkpointing.checkpointed_variables(model)), 1, {"step": 1})
   return workdir
+
+
+_STRATEGIES = iter(range(1, 1_000_000))
+
+
+def unique_collective_keys(monkeypatch) -> None:
+  """Gives the next tf.distribute.MirroredStrategy of this process collective keys of its own.
+
+  Every MirroredStrategy starts its collective group keys at 1 + _collective_key_base (0), so
+  a second strategy in the same process (another test) collides with the first ("Shape
+  mismatch in the collective instance"). TF's own tests set the base; so do these.
+  """
+  monkeypatch.setattr(tf.distribute.MirroredStrategy, "_collective_key_base",
+                      100_000 * next(_STRATEGIES))
