@@ -371,12 +371,17 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
   if t.strategy == "multi_worker":
     # Collective ops must be set up before TF runs anything, e.g. reading the dataset below.
     strategy, tower_devices = make_strategy(t)
-  data_meta = dataset_lib.dataset_metadata(config.data)
+  # What the dataset itself says, without --num_classes: this project's shards declare their
+  # classes, and a different --num_classes is a mistake. Model Garden and TFDS shards do not
+  # (1000 assumed), and there --num_classes=1001 keeps their background class.
+  data_meta = dataset_lib.dataset_metadata(dataclasses.replace(config.data, num_classes=None))
   num_classes = data_meta["num_classes"]
-  if config.model.num_classes is not None and config.model.num_classes != num_classes:
-    raise ValueError(f"--num_classes={config.model.num_classes} but the dataset in "
-                     f"{config.data.data_dir} has {num_classes} classes; drop --num_classes "
-                     "or use a matching dataset.")
+  wanted = config.model.num_classes
+  if wanted is not None and wanted != num_classes:
+    if data_meta["format"] == "keras_alexnet":
+      raise ValueError(f"--num_classes={wanted} but the dataset in {config.data.data_dir} has "
+                       f"{num_classes} classes; drop --num_classes or use a matching dataset.")
+    num_classes = wanted
   num_train = data_meta["num_examples"]["train"]
   if num_train == 0:
     raise FileNotFoundError(f"{config.data.data_dir} holds no training shards; build them with "

@@ -32,9 +32,11 @@ def data_dir(tmp_path_factory):
 def _config(data_dir, model=None, augment=None, **train):
   defaults = dict(tiny_model=True, batch_size=8, epochs=1, steps_per_epoch=4, eval_steps=2,
                   log_every_steps=1, checkpoint_every_steps=2, lr_scaling="none")
-  return config_lib.Config(
-      model=model or model_lib.ModelConfig(num_classes=None),
-      data=dataset_lib.DataConfig(data_dir, deterministic=True, shuffle_buffer=64),
+  model = model or model_lib.ModelConfig(num_classes=None)
+  return config_lib.Config(   # As config_from_flags makes it: --num_classes goes to both.
+      model=model,
+      data=dataset_lib.DataConfig(data_dir, deterministic=True, shuffle_buffer=64,
+                                  num_classes=model.num_classes),
       augment=augment or preprocessing.AugmentConfig(),
       train=config_lib.TrainConfig(**{**defaults, **train}))
 
