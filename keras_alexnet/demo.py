@@ -24,6 +24,7 @@ and has no marker (not made by the demo) is refused before anything is written.
 import dataclasses
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -90,18 +91,19 @@ class _Steps:
   def __init__(self, total: int):
     self.total, self.number = total, 0
     self.start = time.monotonic()
-    self.seconds = {}
-    self._name, self._began = None, None
+    self.seconds, self.cpu_seconds = {}, {}
+    self._name, self._began, self._cpu = None, None, None
 
   def begin(self, name: str, what: str) -> None:
     self._end()
     self.number += 1
-    self._name, self._began = name, time.monotonic()
+    self._name, self._began, self._cpu = name, time.monotonic(), _cpu_seconds()
     print(f"\n[{self.number}/{self.total}] {what}  (demo time {self._clock()})", flush=True)
 
   def _end(self) -> None:
     if self._name:
       self.seconds[self._name] = round(time.monotonic() - self._began, 1)
+      self.cpu_seconds[self._name] = round(_cpu_seconds() - self._cpu, 1)
       self._name = None
 
   def finish(self) -> None:
@@ -113,6 +115,13 @@ class _Steps:
 
   def total_seconds(self) -> float:
     return round(time.monotonic() - self.start, 1)
+
+
+def _cpu_seconds() -> float:
+  """CPU time of this process and its finished children: on a busy machine, what a step
+  would take on an idle one is about this divided by the cores it keeps busy."""
+  return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                               resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def _env() -> dict:
@@ -302,6 +311,7 @@ def run_demo(config: DemoConfig) -> dict:
 
   summary.update({
       "seconds": steps.total_seconds(), "step_seconds": steps.seconds,
+      "step_cpu_seconds": steps.cpu_seconds,
       "checkpoint": best, "saved_model": saved_model, "kernels_png": paths["kernels"],
       "validation_examples": evaluation["examples"],
       "top1_accuracy": {v: 1 - results[v]["top1_error"] for v in ("center", "ten")},

@@ -49,8 +49,9 @@ def test_the_whole_chain_then_a_rerun_that_reuses_it(tmp_path):
   summary = json.loads((work / demo.SUMMARY).read_text())
   assert summary["reused"] == []
   assert summary["validation_examples"] == 6
-  assert set(summary["step_seconds"]) == {"dataset", "build", "train", "evaluate", "export",
-                                          "predict", "kernels"}
+  steps = {"dataset", "build", "train", "evaluate", "export", "predict", "kernels"}
+  assert set(summary["step_seconds"]) == set(summary["step_cpu_seconds"]) == steps
+  assert summary["step_cpu_seconds"]["train"] > 0
   for view in ("center", "ten"):
     assert 0 <= summary["top1_accuracy"][view] <= summary["top5_accuracy"][view] == 1
   assert summary["heldout"] == 3
