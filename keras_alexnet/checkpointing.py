@@ -315,6 +315,11 @@ def _resolve(path: str, which: str):
   return workdir, path
 
 
+def checkpoint_prefix(path: str, which: str = "best") -> str:
+  """The checkpoint prefix load_model(path, which) would load."""
+  return _resolve(path, which)[1]
+
+
 def load_model(path: str, which: str = "best") -> tuple:
   """(keras.Model with the checkpoint's weights, producing logits; the run's metadata).
 

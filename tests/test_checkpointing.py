@@ -120,6 +120,7 @@ def test_load_model_accepts_workdir_step_dir_or_prefix(tmp_path):
     np.testing.assert_allclose(model(x), trained(x), rtol=1e-5, atol=1e-6)
   # No best yet (no validation ran): "best" falls back to the latest.
   assert checkpointing.load_model(workdir, "best")[1]["checkpoint"] == store.prefix(7)
+  assert checkpointing.checkpoint_prefix(workdir) == store.prefix(7)
 
 
 def test_load_model_errors(tmp_path):
