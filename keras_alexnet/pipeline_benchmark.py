@@ -1,6 +1,7 @@
 """How fast the input pipeline and the device-side augmentation run, against same-run bounds.
 
   python -m keras_alexnet.pipeline_benchmark [--num_images=2048] [--batch_size=128]
+      [--data_dir=SHARDS]
 
 - cpu pipeline: images/s of keras_alexnet.dataset up to uint8 batches (read, shuffle, parse,
   decode, batch), over 256x256 JPEG shards written for the run, like the builder's output; and
@@ -207,14 +208,19 @@ def map_fn_crop_rate(batch_size: int, repeats: int = 5) -> float:
 
 def rows(num_images: int = 2048, batch_size: int = 128, data_dir: Optional[str] = None,
          augment_batch_size: int = 128) -> List[Row]:
-  """Every figure of this benchmark, measured now, in this process."""
+  """Every figure of this benchmark, measured now, in this process. data_dir: existing
+  shards to measure the CPU pipeline on (e.g. real ImageNet) instead of generated ones."""
   n = cores()
   with tempfile.TemporaryDirectory() as tmp:
-    data_dir = write_records(data_dir or os.path.join(tmp, "records"), num_images)
-    # A buffer of a quarter epoch: the default 10,000 would hold this whole small epoch, and
-    # filling it (reading without decoding) would be most of the time, while on ImageNet it is
-    # under 1% of an epoch.
-    config = dataset.DataConfig(data_dir, shuffle_buffer=min(10_000, num_images // 4))
+    if data_dir is None:
+      data_dir = write_records(os.path.join(tmp, "records"), num_images)
+    else:
+      num_images = dataset.dataset_metadata(dataset.DataConfig(data_dir))["num_examples"][
+          "train"]
+    # A buffer of a quarter epoch at most: the default 10,000 would hold a small epoch whole,
+    # and filling it (reading without decoding) would be most of the time, while on ImageNet
+    # it is under 1% of an epoch.
+    config = dataset.DataConfig(data_dir, shuffle_buffer=max(1, min(10_000, num_images // 4)))
     cpu = cpu_figures(config, batch_size)
     setup = setup_seconds(config, batch_size)
   result = [
@@ -240,13 +246,17 @@ def rows(num_images: int = 2048, batch_size: int = 128, data_dir: Optional[str] 
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_images", 2048, "JPEG records written for the CPU pipeline figures.")
+flags.DEFINE_string("data_dir", None, "Measure the CPU pipeline on these training shards "
+                    "(256x256, e.g. tfrecords.build's output) instead of generated ones. The "
+                    "decode bound holds all their JPEGs in memory: use a subset for ImageNet.")
 flags.DEFINE_integer("batch_size", 128, "Batch size of the CPU pipeline.")
 flags.DEFINE_integer("augment_batch_size", 128, "Batch size of the augmentation.")
 
 
 def main(argv):
   del argv
-  table = rows(FLAGS.num_images, FLAGS.batch_size, augment_batch_size=FLAGS.augment_batch_size)
+  table = rows(FLAGS.num_images, FLAGS.batch_size, data_dir=FLAGS.data_dir,
+               augment_batch_size=FLAGS.augment_batch_size)
   print(f"{'part':34s} {'images/s':>10s}  {'ratio':>6s}  vs / detail")
   for row in table:
     ratio = f"{row.ratio:6.2f}" if row.ratio is not None else " " * 6

@@ -27,3 +27,12 @@ def test_figures_are_measured(tmp_path):
   assert pb.setup_seconds(dataset.DataConfig(data_dir), 8, repeats=1) > 0
   assert pb.augment_rate(4, jit_compile=False, repeats=1) > 0
   assert pb.map_fn_crop_rate(4, repeats=1) > 0
+
+
+def test_rows_on_existing_shards(tmp_path):
+  data_dir = pb.write_records(str(tmp_path), num_images=16, num_shards=2)
+  table = pb.rows(batch_size=4, data_dir=data_dir, augment_batch_size=2)
+  assert [row.name for row in table][:2] == ["decode_jpeg alone (bound)",
+                                             "cpu pipeline -> uint8 batches"]
+  assert len(table) == 6 and all(row.images_per_second > 0 for row in table)
+  assert all(row.ratio > 0 for row in table if row.bound_name)
