@@ -124,11 +124,16 @@ def machine_description() -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("batch_size", 64, "Batch size of the training step.")
-flags.DEFINE_integer("steps", 5, "Timed repetitions (the median is reported).")
-flags.DEFINE_list("precisions", ["float32"],
-                  "Training-step precisions: float32, mixed_bfloat16, mixed_float16.")
-flags.DEFINE_list("xla", ["off", "on"], "Training step with XLA off and/or on.")
+
+
+def define_flags():
+  """Defined only when run as the command, so importing this module (tests, other entry
+  points) never clashes with another entry point's flags of the same name."""
+  flags.DEFINE_integer("batch_size", 64, "Batch size of the training step.")
+  flags.DEFINE_integer("steps", 5, "Timed repetitions (the median is reported).")
+  flags.DEFINE_list("precisions", ["float32"],
+                    "Training-step precisions: float32, mixed_bfloat16, mixed_float16.")
+  flags.DEFINE_list("xla", ["off", "on"], "Training step with XLA off and/or on.")
 
 
 def main(argv: List[str]) -> None:
@@ -152,4 +157,5 @@ def main(argv: List[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
