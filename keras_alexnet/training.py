@@ -99,7 +99,9 @@ def make_strategy(train: config_lib.TrainConfig):
     device = devices[0] if devices else (gpus[0] if gpus else "/cpu:0")
     return tf.distribute.OneDeviceStrategy(device), None
   if train.strategy == "mirrored":
-    return tf.distribute.MirroredStrategy(devices or None), None
+    # No GPUs: every logical CPU (see --num_cpu_devices), where TF's default takes one.
+    devices = devices or gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices), None
   if train.strategy == "two_tower":
     if not devices:
       devices = gpus[:2] if len(gpus) >= 2 else [
