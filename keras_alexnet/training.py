@@ -555,7 +555,8 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
       history.append({"epoch": epoch + 1, "step": step, "learning_rate": lr, "validation": val})
       _summarize_epoch(writers, model, val, step, t.summary_images)
       logging.info("Epoch %d/%d done at step %d: validation %s.", epoch + 1, t.epochs, step,
-                   ", ".join(f"{k} {v:.4f}" for k, v in val.items()) or "skipped")
+                   ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in val.items()) or "skipped")
       epoch += 1
       batch_in_epoch = 0
       optimizer.learning_rate = schedule.learning_rate(epoch)
