@@ -89,14 +89,19 @@ def serve(config: ServiceConfig) -> None:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("role", None, list(ROLES), "Which server to run.")
-flags.DEFINE_integer("port", 0, f"Port to listen on; 0 picks a free one (the dispatcher "
-                     f"usually runs on {DEFAULT_DISPATCHER_PORT}).")
-flags.DEFINE_string("dispatcher_address", None, "Worker: the dispatcher's HOST:PORT.")
-flags.DEFINE_string("worker_host", None,
-                    "Worker: the host name trainers use to reach it (default: hostname).")
-flags.DEFINE_string("work_dir", None,
-                    "Dispatcher: a directory for its journal; makes it fault tolerant.")
+
+
+def define_flags():
+  """Defined only when run as the command, so importing this module (tests, other entry
+  points) never clashes with another entry point's flags of the same name."""
+  flags.DEFINE_enum("role", None, list(ROLES), "Which server to run.")
+  flags.DEFINE_integer("port", 0, f"Port to listen on; 0 picks a free one (the dispatcher "
+                       f"usually runs on {DEFAULT_DISPATCHER_PORT}).")
+  flags.DEFINE_string("dispatcher_address", None, "Worker: the dispatcher's HOST:PORT.")
+  flags.DEFINE_string("worker_host", None,
+                      "Worker: the host name trainers use to reach it (default: hostname).")
+  flags.DEFINE_string("work_dir", None,
+                      "Dispatcher: a directory for its journal; makes it fault tolerant.")
 
 
 def main(argv):
@@ -113,5 +118,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flag_as_required("role")
   app.run(main)

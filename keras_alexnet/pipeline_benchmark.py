@@ -245,12 +245,17 @@ def rows(num_images: int = 2048, batch_size: int = 128, data_dir: Optional[str] 
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("num_images", 2048, "JPEG records written for the CPU pipeline figures.")
-flags.DEFINE_string("data_dir", None, "Measure the CPU pipeline on these training shards "
-                    "(256x256, e.g. tfrecords.build's output) instead of generated ones. The "
-                    "decode bound holds all their JPEGs in memory: use a subset for ImageNet.")
-flags.DEFINE_integer("batch_size", 128, "Batch size of the CPU pipeline.")
-flags.DEFINE_integer("augment_batch_size", 128, "Batch size of the augmentation.")
+
+
+def define_flags():
+  """Defined only when run as the command, so importing this module (tests, other entry
+  points) never clashes with another entry point's flags of the same name."""
+  flags.DEFINE_integer("num_images", 2048, "JPEG records written for the CPU pipeline figures.")
+  flags.DEFINE_string("data_dir", None, "Measure the CPU pipeline on these training shards "
+                      "(256x256, e.g. tfrecords.build's output) instead of generated ones. The "
+                      "decode bound holds all their JPEGs in memory: use a subset for ImageNet.")
+  flags.DEFINE_integer("batch_size", 128, "Batch size of the CPU pipeline.")
+  flags.DEFINE_integer("augment_batch_size", 128, "Batch size of the augmentation.")
 
 
 def main(argv):
@@ -265,4 +270,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
