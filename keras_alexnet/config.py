@@ -128,145 +128,161 @@ def check_train_config(config: Config) -> None:
 # ---------------------------------------------------------------------------------------------
 # Flags.
 
-_DEFINED = set()
+_DEFINED = set()   # (id of the FlagValues, group) already defined.
 FLAG_NAMES = []   # In definition order: what flags.txt records.
 
 
 def _once(group):
   def wrap(define):
-    def run():
-      if group not in _DEFINED:
-        _DEFINED.add(group)
-        define()
+    def run(fv):
+      if (id(fv), group) not in _DEFINED:
+        _DEFINED.add((id(fv), group))
+        names = define(fv)
+        FLAG_NAMES.extend(n for n in names if n not in FLAG_NAMES)
     return run
   return wrap
 
 
-def _track(*holders):
-  FLAG_NAMES.extend(h.name for h in holders)
+def _names(*holders):
+  return [h.name for h in holders]
+
+
+class _Definer:
+  """d.DEFINE_string(...) is flags.DEFINE_string(..., flag_values=fv)."""
+
+  def __init__(self, fv):
+    self._fv = fv
+
+  def __getattr__(self, name):
+    define = getattr(flags, name)
+    return lambda *args, **kwargs: define(*args, flag_values=self._fv, **kwargs)
 
 
 @_once("data")
-def _define_data_flags():
-  _track(
-      flags.DEFINE_string("data_dir", None, "Folder of TFRecord shards and dataset_info.json, "
+def _define_data_flags(fv):
+  d = _Definer(fv)
+  return _names(
+      d.DEFINE_string("data_dir", None, "Folder of TFRecord shards and dataset_info.json, "
                           "made by `python -m tfrecords.build --input=... --output_dir=...`."),
-      flags.DEFINE_enum("data_format", "auto", ("auto",) + dataset_lib.FORMATS,
+      d.DEFINE_enum("data_format", "auto", ("auto",) + dataset_lib.FORMATS,
                         "Shard layout; auto: from dataset_info.json / the records."),
-      flags.DEFINE_integer("label_offset", None, "Subtracted from stored labels; default: from "
+      d.DEFINE_integer("label_offset", None, "Subtracted from stored labels; default: from "
                            "dataset_info.json or the format."),
-      flags.DEFINE_integer("shuffle_buffer", 10_000, "Examples in the shuffle buffer."),
-      flags.DEFINE_integer("private_threadpool_size", 0,
+      d.DEFINE_integer("shuffle_buffer", 10_000, "Examples in the shuffle buffer."),
+      d.DEFINE_integer("private_threadpool_size", 0,
                            "tf.data threads; 0: TF's shared pool."),
-      flags.DEFINE_bool("cache", False, "Keep decoded images in memory after the first epoch."),
-      flags.DEFINE_string("data_service_address", None,
+      d.DEFINE_bool("cache", False, "Keep decoded images in memory after the first epoch."),
+      d.DEFINE_string("data_service_address", None,
                           "grpc://HOST:PORT of a tf.data service dispatcher."),
-      flags.DEFINE_bool("synthetic", False, "Random images, no files (for benchmarks)."),
-      flags.DEFINE_integer("batch_size", PAPER_BATCH_SIZE,
+      d.DEFINE_bool("synthetic", False, "Random images, no files (for benchmarks)."),
+      d.DEFINE_integer("batch_size", PAPER_BATCH_SIZE,
                            "Global batch (per-replica batch x replicas); section 5: 128."),
-      flags.DEFINE_integer("eval_steps", 0, "Validation batches; 0: the whole split."),
+      d.DEFINE_integer("eval_steps", 0, "Validation batches; 0: the whole split."),
   )
 
 
 @_once("train")
-def _define_train_flags():
+def _define_train_flags(fv):
+  d = _Definer(fv)
   m, a = model_lib.ModelConfig(), preprocessing.AugmentConfig()
   t, s = TrainConfig(), optimizer_lib.ScheduleConfig()
-  _track(
-      flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard events, config.json "
+  return _names(
+      d.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard events, config.json "
                           "and flags.txt go. Rerunning with the same workdir resumes."),
       # Model (keras_alexnet.model.ModelConfig): the paper's ablation switches.
-      flags.DEFINE_integer("num_classes", None, "Default: the dataset's. If given it must match."),
-      flags.DEFINE_enum("variant", m.variant, model_lib.VARIANTS, "paper: two towers with LRN; "
+      d.DEFINE_integer("num_classes", None, "Default: the dataset's. If given it must match."),
+      d.DEFINE_enum("variant", m.variant, model_lib.VARIANTS, "paper: two towers with LRN; "
                         "one_tower: Krizhevsky 2014 widths, no LRN."),
-      flags.DEFINE_enum("activation", m.activation, model_lib.ACTIVATIONS, "Section 3.1."),
-      flags.DEFINE_bool("lrn", m.lrn, "Local response normalization (section 3.3)."),
-      flags.DEFINE_enum("pooling", m.pooling, model_lib.POOLINGS, "Section 3.4."),
-      flags.DEFINE_float("dropout", m.dropout, "Dropout rate in fc6/fc7 (section 4.2); 0: off."),
-      flags.DEFINE_list("remove", list(m.remove), "Conv layers to remove (section 7), any of "
+      d.DEFINE_enum("activation", m.activation, model_lib.ACTIVATIONS, "Section 3.1."),
+      d.DEFINE_bool("lrn", m.lrn, "Local response normalization (section 3.3)."),
+      d.DEFINE_enum("pooling", m.pooling, model_lib.POOLINGS, "Section 3.4."),
+      d.DEFINE_float("dropout", m.dropout, "Dropout rate in fc6/fc7 (section 4.2); 0: off."),
+      d.DEFINE_list("remove", list(m.remove), "Conv layers to remove (section 7), any of "
                         f"{', '.join(model_lib.REMOVABLE_LAYERS)}."),
-      flags.DEFINE_enum("init", m.init, model_lib.INITS, "paper: N(0, 0.01), biases 1/0."),
+      d.DEFINE_enum("init", m.init, model_lib.INITS, "paper: N(0, 0.01), biases 1/0."),
       # Augmentation (keras_alexnet.preprocessing.AugmentConfig), section 4.1.
-      flags.DEFINE_bool("random_crop", a.random_crop, "Random 224 crops (else the centre)."),
-      flags.DEFINE_bool("mirror", a.mirror, "Horizontal reflections."),
-      flags.DEFINE_bool("pca_lighting", a.pca_lighting, "The PCA colour augmentation."),
-      flags.DEFINE_enum("mean", a.mean, preprocessing.MEANS, "Mean subtracted from inputs."),
+      d.DEFINE_bool("random_crop", a.random_crop, "Random 224 crops (else the centre)."),
+      d.DEFINE_bool("mirror", a.mirror, "Horizontal reflections."),
+      d.DEFINE_bool("pca_lighting", a.pca_lighting, "The PCA colour augmentation."),
+      d.DEFINE_enum("mean", a.mean, preprocessing.MEANS, "Mean subtracted from inputs."),
       # Optimization, section 5.
-      flags.DEFINE_integer("epochs", t.epochs, "Passes over the training split."),
-      flags.DEFINE_float("learning_rate", t.learning_rate, "Initial rate at a global batch of "
+      d.DEFINE_integer("epochs", t.epochs, "Passes over the training split."),
+      d.DEFINE_float("learning_rate", t.learning_rate, "Initial rate at a global batch of "
                          f"{PAPER_BATCH_SIZE} (see --lr_scaling)."),
-      flags.DEFINE_enum("lr_scaling", t.lr_scaling, LR_SCALINGS,
+      d.DEFINE_enum("lr_scaling", t.lr_scaling, LR_SCALINGS,
                         f"linear: the rate is learning_rate x batch_size / {PAPER_BATCH_SIZE}."),
-      flags.DEFINE_float("momentum", t.momentum, "Momentum of the update."),
-      flags.DEFINE_float("weight_decay", t.weight_decay, "Decay inside the update: "
+      d.DEFINE_float("momentum", t.momentum, "Momentum of the update."),
+      d.DEFINE_float("weight_decay", t.weight_decay, "Decay inside the update: "
                          "v <- m v - wd eps w - eps dL/dw."),
-      flags.DEFINE_bool("decay_biases", t.decay_biases, "Also decay biases."),
-      flags.DEFINE_enum("lr_schedule", s.kind, LR_SCHEDULES, "plateau: divide by 10 when the "
+      d.DEFINE_bool("decay_biases", t.decay_biases, "Also decay biases."),
+      d.DEFINE_enum("lr_schedule", s.kind, LR_SCHEDULES, "plateau: divide by 10 when the "
                         "validation error stops improving (the paper); step: at --step_epochs."),
-      flags.DEFINE_integer("plateau_patience", s.patience,
+      d.DEFINE_integer("plateau_patience", s.patience,
                            "Epochs without a lower validation error before dividing by 10."),
-      flags.DEFINE_float("plateau_min_delta", s.min_delta,
+      d.DEFINE_float("plateau_min_delta", s.min_delta,
                          "An improvement smaller than this (error fraction) does not count."),
-      flags.DEFINE_integer("max_lr_drops", s.max_drops, "At most this many divisions by 10."),
-      flags.DEFINE_list("step_epochs", [str(e) for e in s.step_epochs],
+      d.DEFINE_integer("max_lr_drops", s.max_drops, "At most this many divisions by 10."),
+      d.DEFINE_list("step_epochs", [str(e) for e in s.step_epochs],
                         "Epochs at which --lr_schedule=step divides the rate by 10."),
-      flags.DEFINE_integer("steps_per_epoch", t.steps_per_epoch,
+      d.DEFINE_integer("steps_per_epoch", t.steps_per_epoch,
                            "0: the whole training split; else at most this many steps."),
       # Runs that survive.
-      flags.DEFINE_integer("checkpoint_every_steps", t.checkpoint_every_steps,
+      d.DEFINE_integer("checkpoint_every_steps", t.checkpoint_every_steps,
                            "Also checkpoint at every epoch end and on SIGTERM/SIGINT."),
-      flags.DEFINE_integer("keep_checkpoints", t.keep_checkpoints,
+      d.DEFINE_integer("keep_checkpoints", t.keep_checkpoints,
                            "Newest checkpoints kept (the best one is kept besides)."),
-      flags.DEFINE_bool("resume", t.resume, "Continue from the workdir's last checkpoint; "
+      d.DEFINE_bool("resume", t.resume, "Continue from the workdir's last checkpoint; "
                         "false: start fresh (old checkpoints are moved aside, not deleted)."),
       # Hardware.
-      flags.DEFINE_enum("strategy", t.strategy, STRATEGIES, "one_device | mirrored (local "
+      d.DEFINE_enum("strategy", t.strategy, STRATEGIES, "one_device | mirrored (local "
                         "GPUs or --devices) | multi_worker (TF_CONFIG) | two_tower (the "
                         "paper's split of the towers over two devices)."),
-      flags.DEFINE_list("devices", list(t.devices), "Devices for the strategy, e.g. "
+      d.DEFINE_list("devices", list(t.devices), "Devices for the strategy, e.g. "
                         "/gpu:0,/gpu:1; default: the local GPUs, or the CPU."),
-      flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices "
+      d.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices "
                            "first (to try mirrored/two_tower on a machine without GPUs)."),
-      flags.DEFINE_enum("precision", t.precision, PRECISIONS,
+      d.DEFINE_enum("precision", t.precision, PRECISIONS,
                         "mixed_float16 uses dynamic loss scaling; LRN stays float32."),
-      flags.DEFINE_bool("xla", t.xla, "Compile the forward and backward pass with XLA."),
-      flags.DEFINE_float("collective_timeout", t.collective_timeout, "multi_worker: seconds a "
+      d.DEFINE_bool("xla", t.xla, "Compile the forward and backward pass with XLA."),
+      d.DEFINE_float("collective_timeout", t.collective_timeout, "multi_worker: seconds a "
                          "collective may wait for a peer; 0: TF's default."),
-      flags.DEFINE_integer("seed", t.seed, "Seeds init, data order, augmentation, dropout."),
-      flags.DEFINE_bool("deterministic", t.deterministic, "Deterministic ops and data order: "
+      d.DEFINE_integer("seed", t.seed, "Seeds init, data order, augmentation, dropout."),
+      d.DEFINE_bool("deterministic", t.deterministic, "Deterministic ops and data order: "
                         "a resumed run repeats an uninterrupted one's losses. Slower."),
-      flags.DEFINE_integer("log_every_steps", t.log_every_steps,
+      d.DEFINE_integer("log_every_steps", t.log_every_steps,
                            "Steps between log lines and TensorBoard training scalars."),
-      flags.DEFINE_bool("summary_images", t.summary_images, "TensorBoard images: conv1 "
+      d.DEFINE_bool("summary_images", t.summary_images, "TensorBoard images: conv1 "
                         "kernels (Figure 3) and augmented inputs, each epoch."),
-      flags.DEFINE_bool("tiny_model", False, "Tests only: a two-layer convnet in place of "
+      d.DEFINE_bool("tiny_model", False, "Tests only: a two-layer convnet in place of "
                         "AlexNet, to exercise the training machinery quickly."),
   )
 
 
 @_once("evaluate")
-def _define_evaluate_flags():
+def _define_evaluate_flags(fv):
+  d = _Definer(fv)
   e = EvalConfig()
-  _track(
-      flags.DEFINE_list("workdirs", [], "Training workdirs; several: their ensemble too "
+  return _names(
+      d.DEFINE_list("workdirs", [], "Training workdirs; several: their ensemble too "
                         "(softmax averaged, the paper's '5 CNNs')."),
-      flags.DEFINE_string("checkpoint", None, "A checkpoint prefix (.../ckpt) instead."),
-      flags.DEFINE_enum("which", e.which, ("best", "latest"), "Checkpoint of each workdir."),
-      flags.DEFINE_list("views", list(e.views), "center: the centre crop; ten: the 10 views "
+      d.DEFINE_string("checkpoint", None, "A checkpoint prefix (.../ckpt) instead."),
+      d.DEFINE_enum("which", e.which, ("best", "latest"), "Checkpoint of each workdir."),
+      d.DEFINE_list("views", list(e.views), "center: the centre crop; ten: the 10 views "
                         "of section 4.1, softmax averaged."),
-      flags.DEFINE_string("output", None, "Results JSON; default: evaluation.json in the "
+      d.DEFINE_string("output", None, "Results JSON; default: evaluation.json in the "
                           "first workdir (or beside the checkpoint)."),
   )
 
 
-def define_train_flags():
-  _define_data_flags()
-  _define_train_flags()
+def define_train_flags(fv: flags.FlagValues = flags.FLAGS):
+  """Defines train's flags in `fv` (once); the entry point calls it when run as a command."""
+  _define_data_flags(fv)
+  _define_train_flags(fv)
 
 
-def define_evaluate_flags():
-  _define_data_flags()
-  _define_evaluate_flags()
+def define_evaluate_flags(fv: flags.FlagValues = flags.FLAGS):
+  _define_data_flags(fv)
+  _define_evaluate_flags(fv)
 
 
 def data_config_from_flags(f: flags.FlagValues, **overrides) -> dataset_lib.DataConfig:

@@ -186,7 +186,6 @@ def format_table(results: dict) -> str:
   return "\n".join(lines) + f"\n({results['examples']} validation images)"
 
 
-config_lib.define_evaluate_flags()
 FLAGS = flags.FLAGS
 
 
@@ -202,4 +201,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Only as the command: importing this module (tests, other tools) defines no flags.
+  config_lib.define_evaluate_flags()
+  flags.adopt_module_key_flags(config_lib)   # --help lists them.
   app.run(main)

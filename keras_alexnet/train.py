@@ -15,7 +15,6 @@ from absl import logging
 
 from keras_alexnet import config as config_lib
 
-config_lib.define_train_flags()
 FLAGS = flags.FLAGS
 
 
@@ -46,4 +45,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Only as the command: importing this module (tests, other tools) defines no flags.
+  config_lib.define_train_flags()
+  flags.adopt_module_key_flags(config_lib)   # --help lists them.
   app.run(main)

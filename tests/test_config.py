@@ -2,6 +2,7 @@
 written to the workdir, and the errors for bad settings."""
 
 import dataclasses
+import importlib
 import os
 
 from absl import flags
@@ -10,9 +11,10 @@ import pytest
 from keras_alexnet import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = flags.FLAGS
-config_lib.define_train_flags()
-config_lib.define_evaluate_flags()
+# Flags of their own: the global FLAGS belong to whatever entry point a test process imports.
+FLAGS = flags.FlagValues()
+config_lib.define_train_flags(FLAGS)
+config_lib.define_evaluate_flags(FLAGS)
 
 
 @pytest.fixture
@@ -23,6 +25,16 @@ def parse():
     return FLAGS
   yield run
   FLAGS.unparse_flags()
+
+
+def test_importing_the_entry_points_defines_no_flags():
+  """Other entry points define flags like --num_classes at import; one pytest process imports
+  them all, so train and evaluate define theirs only when run as commands."""
+  from keras_alexnet import evaluate, train  # pylint: disable=g-import-not-at-top
+  before = set(flags.FLAGS)
+  for module in (evaluate, train):
+    importlib.reload(module)   # Runs the module's top level again, even if imported before.
+  assert set(flags.FLAGS) == before
 
 
 def test_paper_cfg_is_the_papers_recipe_and_later_flags_override(parse):
