@@ -1,9 +1,13 @@
 """How fast each part runs, against the bound of the machine it runs on.
 
-  python -m keras_alexnet.benchmark [--batch_size=64] [--steps=5] [--parts=train,...]
+  python -m keras_alexnet.benchmark [--batch_size=64] [--steps=5] [--parts=train,pipeline,...]
 
-Each row gives images/s and its ratio to a bound measured in the same process on the same
-device: the float32 matmul rate for compute (the training step's achieved GFLOP/s over it).
+One table. Each row gives images/s and its ratio to a bound measured in the same process:
+- compute (training step, SavedModel): achieved GFLOP/s over the float32 matmul rate of the
+  same device (2 FLOPs per multiply-add; training = 3x the forward pass);
+- input (CPU pipeline): images/s over a bare tf.io.decode_jpeg loop on the same records;
+- augmentation: XLA-compiled vs not, and the batched crop vs a per-image map_fn.
+Then peak host memory, and parameters and FLOPs per image for each model variant.
 Figures are medians over timed repetitions after warm-up.
 """
 
@@ -19,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import model as model_lib
+from keras_alexnet import optimizer as optimizer_lib
 
 MATMUL_SIZE = 2048  # Large enough for the BLAS kernel to run at its peak on a CPU core.
 TRAIN_FLOPS_FACTOR = 3  # Backward costs about twice the forward (input and weight grads).
@@ -75,10 +80,14 @@ def train_step_rate(batch_size: int, precision: str = "float32", xla: bool = Fal
   keras.config.set_dtype_policy("float32" if precision == "float32" else precision)
   try:
     net = model_lib.alexnet(num_classes=num_classes)
-    optimizer = keras.optimizers.SGD(learning_rate=1e-4, momentum=0.9)
+    # The paper's update (momentum and weight decay inside it); a small rate keeps random
+    # inputs from diverging over the timed steps.
+    optimizer = optimizer_lib.PaperSGD(learning_rate=1e-4)
     images = tf.random.normal((batch_size, 224, 224, 3))
     labels = tf.random.uniform((batch_size,), 0, num_classes, dtype=tf.int32)
 
+    # Mixed precision: the loss is computed in float32 from float32-cast logits; bf16 needs
+    # no loss scaling. XLA: the whole step compiled (LRN stays float32, see model.py).
     @tf.function(jit_compile=xla)
     def step():
       with tf.GradientTape() as tape:
@@ -123,6 +132,47 @@ def machine_description() -> str:
           f"Keras {keras.__version__}")
 
 
+def saved_model_rows(matmul: float, repeats: int) -> List[Row]:
+  """The paper net (random weights, 1000 classes) exported as for TF Serving, then served:
+  batch-1 latency and batch-64 throughput, JPEG bytes in and preprocessed crops in."""
+  import tempfile
+  from keras_alexnet import export as export_lib
+  from keras_alexnet import predict as predict_lib
+  from keras_alexnet import preprocessing
+
+  net = model_lib.alexnet()
+  forward_flops = model_lib.flops_per_image(net)
+  classes = [[f"class{i:04d}", f"class {i}"] for i in range(model_lib.NUM_CLASSES)]
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    path = export_lib.export_saved_model(net, {"classes": classes},
+                                         preprocessing.imagenet_statistics(), tmp,
+                                         warmup=False)
+    del net
+    loaded = tf.saved_model.load(path)
+    figures = predict_lib.benchmark(loaded, (1, 64), repeats)
+  alone = {f["batch_size"]: f for f in figures if f["signature"] == "preprocessed"}
+  for f in figures:
+    gflops = f["images_per_second"] * forward_flops / 1e9
+    bytes_in = f["signature"] != "preprocessed"
+    detail = f"{f['median_ms']:.1f} ms/batch; {gflops:.1f} GFLOP/s"
+    if bytes_in:
+      model_alone = alone[f["batch_size"]]["images_per_second"]
+      detail += f"; {f['images_per_second'] / model_alone:.2f} x the model alone"
+    rows.append(Row(f"SavedModel {'JPEG bytes' if bytes_in else 'preprocessed'}, "
+                    f"batch {f['batch_size']}", f["images_per_second"], "matmul",
+                    gflops / matmul, detail))
+  return rows
+
+
+def variant_rows() -> str:
+  from keras_alexnet import experiments
+  peak = experiments.peak_host_memory_bytes() / 2**30
+  return (f"peak host memory of this run: {peak:.2f} GiB\n\n"
+          + experiments.format_costs(experiments.variant_costs()))
+
+
+PARTS = ("train", "pipeline", "saved_model", "variants")
 FLAGS = flags.FLAGS
 
 
@@ -131,13 +181,18 @@ def define_flags():
   points) never clashes with another entry point's flags of the same name."""
   flags.DEFINE_integer("batch_size", 64, "Batch size of the training step.")
   flags.DEFINE_integer("steps", 5, "Timed repetitions (the median is reported).")
-  flags.DEFINE_list("precisions", ["float32"],
+  flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"],
                     "Training-step precisions: float32, mixed_bfloat16, mixed_float16.")
   flags.DEFINE_list("xla", ["off", "on"], "Training step with XLA off and/or on.")
+  flags.DEFINE_list("parts", list(PARTS), f"Which parts to measure, of {PARTS}.")
+  flags.DEFINE_integer("pipeline_images", 1024, "JPEG records generated for the CPU pipeline.")
+  flags.DEFINE_string("data_dir", None, "Measure the CPU pipeline on these 256x256 training "
+                      "shards instead of generated ones.")
 
 
 def main(argv: List[str]) -> None:
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   for precision in FLAGS.precisions:
     if precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
       raise app.UsageError(f"--precisions: unknown {precision!r}; allowed: float32, "
@@ -145,15 +200,29 @@ def main(argv: List[str]) -> None:
   for xla in FLAGS.xla:
     if xla not in ("on", "off"):
       raise app.UsageError(f"--xla takes 'on' and/or 'off'; received {xla!r}.")
+  for part in FLAGS.parts:
+    if part not in PARTS:
+      raise app.UsageError(f"--parts: unknown {part!r}; allowed: {', '.join(PARTS)}.")
+  if FLAGS.batch_size < 1 or FLAGS.steps < 1:
+    raise app.UsageError("--batch_size and --steps must be >= 1.")
   matmul = matmul_gflops()
   rows = [Row(f"float32 matmul {MATMUL_SIZE}x{MATMUL_SIZE}", float("nan"),
               detail=f"{matmul:.1f} GFLOP/s (the compute bound)")]
-  for precision in FLAGS.precisions:
-    for xla in FLAGS.xla:
-      rate, gflops = train_step_rate(FLAGS.batch_size, precision, xla == "on", FLAGS.steps)
-      rows.append(Row(f"train step {precision}, XLA {xla}, batch {FLAGS.batch_size}", rate,
-                      "matmul", gflops / matmul, f"{gflops:.1f} GFLOP/s"))
+  if "train" in FLAGS.parts:
+    for precision in FLAGS.precisions:
+      for xla in FLAGS.xla:
+        rate, gflops = train_step_rate(FLAGS.batch_size, precision, xla == "on", FLAGS.steps)
+        rows.append(Row(f"train step {precision}, XLA {xla}, batch {FLAGS.batch_size}", rate,
+                        "matmul", gflops / matmul, f"{gflops:.1f} GFLOP/s"))
+  if "pipeline" in FLAGS.parts:
+    from keras_alexnet import pipeline_benchmark
+    rows += pipeline_benchmark.rows(FLAGS.pipeline_images, data_dir=FLAGS.data_dir)
+  if "saved_model" in FLAGS.parts:
+    rows += saved_model_rows(matmul, FLAGS.steps)
   print_table(rows, machine_description())
+  if "variants" in FLAGS.parts:
+    print()
+    print(variant_rows())
 
 
 if __name__ == "__main__":

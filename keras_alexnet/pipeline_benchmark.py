@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import dataset
+from keras_alexnet.benchmark import Row
 from keras_alexnet import dataset_info
 from keras_alexnet import features
 from keras_alexnet import preprocessing
@@ -36,15 +37,6 @@ from keras_alexnet import preprocessing
 JPEG_QUALITY = 95   # tfrecords.build's default; sets how hard decoding is.
 # What map_fn_crop_rate does, for a like-for-like comparison.
 CROP_AND_MIRROR = preprocessing.AugmentConfig(pca_lighting=False, mean="per_channel")
-
-
-@dataclasses.dataclass
-class Row:
-  name: str
-  images_per_second: float
-  bound_name: str = ""
-  ratio: Optional[float] = None
-  detail: str = ""
 
 
 def cores() -> int:
