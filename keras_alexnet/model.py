@@ -68,6 +68,10 @@ class ModelConfig:
   softmax: bool = False             # Logits by default; training uses cross-entropy on logits.
   devices: Optional[Tuple[str, str]] = None  # The paper's two-GPU split: (tower a, tower b).
   input_shape: Tuple[int, int, int] = (IMAGE_SIZE, IMAGE_SIZE, 3)
+  # The paper feeds raw pixel values minus the mean (section 2): scale 1. He init assumes
+  # unit-variance inputs; 1/64 brings the ~+-128 pixel range there. Part of the model, so
+  # evaluation and export apply it without knowing of it.
+  input_scale: float = 1.0
 
 
 def _check_config(config: ModelConfig):
@@ -81,6 +85,8 @@ def _check_config(config: ModelConfig):
     bad("input_shape", config.input_shape,
         f"({IMAGE_SIZE}, {IMAGE_SIZE}, 3): the conv/pool stack must end on the 6x6x256 grid "
         "that fc6 is sized for (section 3.5); crop larger images to 224 first")
+  if not (isinstance(config.input_scale, (int, float)) and config.input_scale > 0):
+    bad("input_scale", config.input_scale, "a number > 0")
   if config.activation not in ACTIVATIONS:
     bad("activation", config.activation, f"one of {ACTIVATIONS}")
   if config.pooling not in POOLINGS:
@@ -377,14 +383,17 @@ def alexnet(config: Optional[ModelConfig] = None, **overrides) -> keras.Model:
     return keras.layers.Concatenate(name=f"{name}_concat")([a, b])
 
   inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="images")
+  x = inputs
+  if config.input_scale != 1.0:
+    x = keras.layers.Rescaling(config.input_scale, name="input_scale")(x)
 
   # conv1: 96@11x11/4 -> 55x55. (224 - 11) / 4 + 1 is not whole; the paper's cuda-convnet
   # rounds the module count up, i.e. the last window hangs 3 pixels over the right and bottom
   # edges, reading zeros. Padding 3 on those two sides reproduces that exactly.
   if towers:
-    x = keras.layers.ZeroPadding2D(((0, 3), (0, 3)), name="conv1_pad")(inputs)
+    x = keras.layers.ZeroPadding2D(((0, 3), (0, 3)), name="conv1_pad")(x)
   else:  # "One weird trick" / torchvision: padding 2 on every side.
-    x = keras.layers.ZeroPadding2D(2, name="conv1_pad")(inputs)
+    x = keras.layers.ZeroPadding2D(2, name="conv1_pad")(x)
   x = conv("conv1", widths["conv1"], 11, stride=4, padding="valid", devices=both)(x)
   if config.lrn and towers:
     x = lrn("lrn1")(x)

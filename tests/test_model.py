@@ -251,6 +251,17 @@ def test_two_device_split_matches_single_device():
   assert np.isfinite(loss)
 
 
+def test_input_scale_is_part_of_the_model():
+  paper = alexnet(num_classes=5)
+  scaled = alexnet(num_classes=5, input_scale=1 / 64)
+  scaled.set_weights(paper.get_weights())
+  assert paper.count_params() == scaled.count_params()
+  assert "input_scale" not in [l.name for l in paper.layers]  # the paper: raw pixels - mean
+  images = tf.random.normal((2, 224, 224, 3), stddev=60, seed=8)
+  np.testing.assert_allclose(scaled(images).numpy(), paper(images / 64).numpy(),
+                             rtol=1e-4, atol=1e-5)
+
+
 def test_keras_save_load_round_trip(tmp_path):
   net = alexnet(num_classes=5, devices=None)
   path = str(tmp_path / "alexnet.keras")
@@ -267,6 +278,7 @@ def test_keras_save_load_round_trip(tmp_path):
     ({"num_classes": 10.0}, "num_classes must be an integer"),
     ({"input_shape": (227, 227, 3)}, "input_shape must be (224, 224, 3)"),
     ({"activation": "gelu"}, "activation must be one of"),
+    ({"input_scale": 0}, "input_scale must be a number > 0; received 0"),
     ({"pooling": "avg"}, "pooling must be one of"),
     ({"dropout": 1.0}, "dropout must be a rate in [0, 1)"),
     ({"remove": ("conv1",)}, "remove must be a subset of ('conv3', 'conv4', 'conv5')"),
