@@ -339,3 +339,46 @@ def load_model(path: str, which: str = "best") -> tuple:
     raise ValueError(f"{prefix} does not match the model described by {workdir}/{CONFIG_FILE}: "
                      f"{str(e).splitlines()[0][:500]}") from e
   return model, {**metadata, "workdir": workdir, "checkpoint": prefix}
+
+
+def _layer_weights(model: keras.Model) -> dict:
+  """{layer name: its checkpointed variables} of the layers that have any, in model order."""
+  found = {}
+  for layer in model.layers:
+    weights = [w for w in layer.weights if "seed_generator" not in w.path]
+    if weights:
+      found[layer.name] = weights
+  return found
+
+
+def load_init_weights(model: keras.Model, path: str, which: str = "best") -> dict:
+  """Fine-tuning: copies the weights of a trained run into `model`, layer by layer by name.
+
+  path: as for load_model. The classifier (the model's last layer with weights, fc8) keeps its
+  fresh initialisation when its shape differs (another number of classes); every other layer
+  must exist in both with the same shapes, else ValueError listing the ones that do not, before
+  anything is copied. Returns {"loaded": [layer names], "reinitialised": [...], "checkpoint"}.
+  """
+  source, metadata = load_model(path, which)
+  ours, theirs = _layer_weights(model), _layer_weights(source)
+  classifier = list(ours)[-1]
+  missing, extra = [n for n in ours if n not in theirs], [n for n in theirs if n not in ours]
+  shapes = {n: ([tuple(w.shape) for w in ours[n]], [tuple(w.shape) for w in theirs[n]])
+            for n in ours if n in theirs}
+  reinitialised = ([classifier] if classifier in shapes
+                   and shapes[classifier][0] != shapes[classifier][1] else [])
+  misfits = [f"{n}: checkpoint {s[1]}, model {s[0]}" for n, s in shapes.items()
+             if s[0] != s[1] and n not in reinitialised]
+  if missing or extra or misfits:
+    raise ValueError(
+        f"--init_checkpoint {metadata['checkpoint']} does not fit this model (only "
+        f"{classifier}, the classifier, may differ, in its number of classes). Layers only in "
+        f"this model: {missing or 'none'}; only in the checkpoint: {extra or 'none'}; shapes "
+        "that differ: " + ("\n  " + "\n  ".join(misfits) if misfits else "none") + "\nUse "
+        "the variant and --remove of the checkpoint's run (its config.json).")
+  loaded = [n for n in ours if n not in reinitialised]
+  for name in loaded:
+    for mine, saved in zip(ours[name], theirs[name]):
+      mine.assign(saved.numpy())
+  return {"loaded": loaded, "reinitialised": reinitialised,
+          "checkpoint": metadata["checkpoint"]}

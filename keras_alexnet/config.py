@@ -25,6 +25,8 @@ VIEWS = ("center", "ten")
 # Section 5: "batch size of 128 examples"; the learning rate 0.01 belongs to this batch.
 PAPER_BATCH_SIZE = 128
 PAPER_EPOCHS = 90
+# --trainable_from: the paper's layers in order (Figure 2); conv2 means conv2_a and conv2_b.
+TRAINABLE_FROM = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,8 @@ class TrainConfig:
   summary_images: bool = True
   collective_timeout: float = 0.0       # Seconds; 0: TF's default (multi_worker only).
   tiny_model: bool = False              # Tests only: see checkpointing.build_model.
+  init_checkpoint: Optional[str] = None  # Fine-tuning: weights of a workdir or checkpoint.
+  trainable_from: Optional[str] = None  # Layers before this one are frozen; None: none.
 
   def peak_learning_rate(self) -> float:
     """The rate at the start of training, after scaling with the global batch."""
@@ -123,6 +127,10 @@ def check_train_config(config: Config) -> None:
     bad("collective_timeout", t.collective_timeout, ">= 0 seconds")
   if t.tiny_model and t.strategy == "two_tower":
     bad("tiny_model", t.tiny_model, "False with --strategy=two_tower")
+  # The tiny test net has other layer names; training checks against the model itself.
+  if t.trainable_from and not t.tiny_model and t.trainable_from not in TRAINABLE_FROM:
+    bad("trainable_from", t.trainable_from, f"one of {TRAINABLE_FROM} (conv2 means conv2_a "
+        "and conv2_b; the layers before it are frozen)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +261,12 @@ def _define_train_flags(fv):
                            "Steps between log lines and TensorBoard training scalars."),
       d.DEFINE_bool("summary_images", t.summary_images, "TensorBoard images: conv1 "
                         "kernels (Figure 3) and augmented inputs, each epoch."),
+      # Fine-tuning.
+      d.DEFINE_string("init_checkpoint", None, "Start from the weights of this workdir (its "
+                          "best checkpoint) or checkpoint prefix; fc8 is re-initialised when "
+                          "the classes differ. Ignored when resuming the workdir's own run."),
+      d.DEFINE_string("trainable_from", None, "Freeze the layers before this one, one of "
+                          f"{', '.join(TRAINABLE_FROM)}; default: train all."),
       d.DEFINE_bool("tiny_model", False, "Tests only: a two-layer convnet in place of "
                         "AlexNet, to exercise the training machinery quickly."),
   )
@@ -325,7 +339,8 @@ def config_from_flags(f: flags.FlagValues) -> Config:
       devices=tuple(f.devices), precision=f.precision, xla=f.xla, seed=f.seed,
       deterministic=f.deterministic, log_every_steps=f.log_every_steps,
       summary_images=f.summary_images, collective_timeout=f.collective_timeout,
-      tiny_model=f.tiny_model)
+      tiny_model=f.tiny_model, init_checkpoint=f.init_checkpoint or None,
+      trainable_from=f.trainable_from or None)
   data = data_config_from_flags(f, deterministic=f.deterministic, seed=f.seed,
                                 num_classes=f.num_classes)
   config = Config(model=model, data=data, augment=augment,

@@ -299,6 +299,8 @@ def _check_same_run(workdir, metadata):
             ("num_classes", old.get("num_classes"), metadata["num_classes"])]
   for key in ("batch_size", "steps_per_epoch", "seed"):
     checks.append((key, old.get("train", {}).get(key), metadata["train"][key]))
+  checks.append(("trainable_from", old.get("train", {}).get("trainable_from"),
+                 metadata["train"]["trainable_from"]))
   checks.append(("lr_schedule", old.get("train", {}).get("schedule", {}).get("kind"),
                  metadata["train"]["schedule"]["kind"]))
   for name, was, now in checks:
@@ -307,6 +309,24 @@ def _check_same_run(workdir, metadata):
           f"{workdir} holds a run with {name}={was!r}, but this run has {name}={now!r}; "
           "resuming would mix two different runs. Use another --workdir, or --resume=false to "
           "start afresh here (the old checkpoints are moved aside, not deleted).")
+
+
+def freeze_before(model: keras.Model, trainable_from: str) -> list:
+  """Marks the layers before `trainable_from` untrainable (no gradients, no weight decay, no
+  momentum); returns their names. Layers are named by the paper's groups: conv2 is conv2_a
+  and conv2_b."""
+  groups = []
+  for layer in model.layers:
+    if layer.weights and layer.name.split("_")[0] not in groups:
+      groups.append(layer.name.split("_")[0])
+  if trainable_from not in groups:
+    raise ValueError(f"--trainable_from must be one of this model's layers {groups}; received "
+                     f"{trainable_from!r}.")
+  frozen_groups = groups[:groups.index(trainable_from)]
+  frozen = [layer for layer in model.layers if layer.name.split("_")[0] in frozen_groups]
+  for layer in frozen:
+    layer.trainable = False
+  return [layer.name for layer in frozen if layer.weights]
 
 
 def _move_aside(workdir):
@@ -431,6 +451,7 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
   with strategy.scope():
     model = checkpointing.build_model(
         dataclasses.replace(model_config, devices=tower_devices), tiny=t.tiny_model)
+    frozen = freeze_before(model, t.trainable_from) if t.trainable_from else []
     optimizer = optimizer_lib.PaperSGD(peak_lr, momentum=t.momentum,
                                        weight_decay=t.weight_decay, decay_biases=t.decay_biases)
     if t.precision == "mixed_float16":
@@ -441,6 +462,13 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
 
   chief = strategy.extended.should_checkpoint
   store = checkpointing.CheckpointStore(workdir, t.keep_checkpoints, chief, _worker_id(strategy))
+  if frozen:
+    logging.info("Frozen (--trainable_from=%s): %s.", t.trainable_from, ", ".join(frozen))
+  if t.init_checkpoint and not (t.resume and store.steps()):
+    # Once, at the start: a resumed run continues from its own checkpoints instead.
+    init = checkpointing.load_init_weights(model, t.init_checkpoint)
+    logging.info("Initialised from %s: %s; re-initialised: %s.", init["checkpoint"],
+                 ", ".join(init["loaded"]), ", ".join(init["reinitialised"]) or "none")
   if chief:
     os.makedirs(workdir, exist_ok=True)
     if not t.resume:
