@@ -208,6 +208,9 @@ def _define_train_flags(fv):
       d.DEFINE_list("remove", list(m.remove), "Conv layers to remove (section 7), any of "
                         f"{', '.join(model_lib.REMOVABLE_LAYERS)}."),
       d.DEFINE_enum("init", m.init, model_lib.INITS, "paper: N(0, 0.01), biases 1/0."),
+      d.DEFINE_float("input_scale", m.input_scale, "Multiplies the mean-subtracted 0..255 "
+                     "inputs inside the model; 1 is the paper. He init assumes unit-variance "
+                     "inputs: 1/64 makes them about so (see flags/demo.cfg)."),
       # Augmentation (keras_alexnet.preprocessing.AugmentConfig), section 4.1.
       d.DEFINE_bool("random_crop", a.random_crop, "Random 224 crops (else the centre)."),
       d.DEFINE_bool("mirror", a.mirror, "Horizontal reflections."),
@@ -324,7 +327,8 @@ def config_from_flags(f: flags.FlagValues) -> Config:
     raise ValueError("--workdir is required: where checkpoints and TensorBoard events go.")
   model = model_lib.ModelConfig(
       num_classes=f.num_classes, variant=f.variant, activation=f.activation, lrn=f.lrn,
-      pooling=f.pooling, dropout=f.dropout, remove=tuple(f.remove), init=f.init)
+      pooling=f.pooling, dropout=f.dropout, remove=tuple(f.remove), init=f.init,
+      input_scale=f.input_scale)
   augment = preprocessing.AugmentConfig(
       random_crop=f.random_crop, mirror=f.mirror, pca_lighting=f.pca_lighting, mean=f.mean)
   schedule = optimizer_lib.ScheduleConfig(
