@@ -119,16 +119,7 @@ def read_metadata(workdir: str) -> dict:
 
 
 def write_text_atomic(path: str, text: str) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  dataset_info.write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save_statistics(workdir: str, stats: preprocessing.Statistics) -> None:
@@ -136,15 +127,8 @@ def save_statistics(workdir: str, stats: preprocessing.Statistics) -> None:
                 eigenvectors=stats.eigenvectors, source=np.array(stats.source))
   if stats.mean_image is not None:
     arrays["mean_image"] = stats.mean_image
-  fd, tmp = tempfile.mkstemp(dir=workdir, prefix=_TMP, suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, os.path.join(workdir, STATISTICS_FILE))
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  dataset_info.write_atomic(os.path.join(workdir, STATISTICS_FILE),
+                            lambda f: np.savez(f, **arrays))
 
 
 def load_statistics(workdir: str) -> preprocessing.Statistics:

@@ -23,7 +23,7 @@ and by export (the label map). Pixel statistics are on the 0..255 scale of uint8
 import json
 import os
 import tempfile
-from typing import Optional
+from typing import BinaryIO, Callable, Optional
 
 import numpy as np
 
@@ -38,34 +38,32 @@ def _umask_mode() -> int:
   return 0o666 & ~umask
 
 
-def write_json_atomic(path: str, obj) -> None:
-  """Writes JSON to a temp file in the same folder, then renames it into place."""
+def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
+  """Calls write(file) on a temp file beside `path`, then renames it over `path`.
+
+  The one way this project writes a file a user keeps: a reader never sees half a file, and
+  a crash leaves at most a hidden .tmp-* file, never a truncated one under the final name.
+  """
   folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
   try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write("\n")
+    with os.fdopen(fd, "wb") as f:
+      write(f)
     os.chmod(tmp, _umask_mode())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_json_atomic(path: str, obj) -> None:
+  text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+  write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_npy_atomic(path: str, array: np.ndarray) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npy")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.save(f, array)
-    os.chmod(tmp, _umask_mode())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  write_atomic(path, lambda f: np.save(f, array))
 
 
 def read(data_dir: str) -> Optional[dict]:

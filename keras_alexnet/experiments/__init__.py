@@ -18,9 +18,9 @@ import dataclasses
 import os
 import resource
 import sys
-import tempfile
 from typing import List, NamedTuple, Optional, Sequence
 
+from keras_alexnet import dataset_info
 from keras_alexnet import model as model_lib
 
 MATPLOTLIB_HINT = ("matplotlib is needed for the PNG: pip install matplotlib (or "
@@ -110,13 +110,4 @@ def require_matplotlib():
 
 def save_figure(figure, path: str) -> None:
   """figure.savefig as PNG into a temporary file beside `path`, renamed over it when whole."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
-                             suffix=".png")
-  os.close(fd)
-  try:
-    figure.savefig(tmp, format="png", dpi=120)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  dataset_info.write_atomic(path, lambda f: figure.savefig(f, format="png", dpi=120))
