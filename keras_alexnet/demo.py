@@ -334,23 +334,28 @@ def run_demo(config: DemoConfig) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Command line.
 
-flags.DEFINE_string("work_dir", "demo_work", "Where everything goes; a new or empty folder, or "
-                    "one a previous demo run made (it then continues).")
-flags.DEFINE_string("train_flagfile", DEFAULT_FLAGFILE, "The trainer's flagfile.")
-flags.DEFINE_multi_string("train_flag", [], "An extra trainer flag after the flagfile, e.g. "
-                          "--train_flag=--epochs=3 (repeatable).")
-_DATA = demo_data.DemoDataConfig()
-flags.DEFINE_integer("train_per_class", _DATA.train_per_class, "Training images per class.")
-flags.DEFINE_integer("validation_per_class", _DATA.validation_per_class,
-                     "Validation images per class.")
-flags.DEFINE_integer("heldout_per_class", _DATA.heldout_per_class,
-                     "Images per class in neither split, for the predict step.")
-flags.DEFINE_integer("num_classes", _DATA.num_classes,
-                     f"Shapes to tell apart, 2..{len(demo_data.CLASSES)}.")
-flags.DEFINE_integer("seed", _DATA.seed, "Seed of the drawn dataset.")
-flags.DEFINE_integer("train_shards", 8, "Training TFRecord shards.")
-flags.DEFINE_integer("validation_shards", 2, "Validation TFRecord shards.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Defined only when run as the command, so importing this module (tests, other entry
+  points) never clashes with another entry point's flags of the same name."""
+  flags.DEFINE_string("work_dir", "demo_work", "Where everything goes; a new or empty folder, or "
+                      "one a previous demo run made (it then continues).")
+  flags.DEFINE_string("train_flagfile", DEFAULT_FLAGFILE, "The trainer's flagfile.")
+  flags.DEFINE_multi_string("train_flag", [], "An extra trainer flag after the flagfile, e.g. "
+                            "--train_flag=--epochs=3 (repeatable).")
+  data = demo_data.DemoDataConfig()
+  flags.DEFINE_integer("train_per_class", data.train_per_class, "Training images per class.")
+  flags.DEFINE_integer("validation_per_class", data.validation_per_class,
+                       "Validation images per class.")
+  flags.DEFINE_integer("heldout_per_class", data.heldout_per_class,
+                       "Images per class in neither split, for the predict step.")
+  flags.DEFINE_integer("num_classes", data.num_classes,
+                       f"Shapes to tell apart, 2..{len(demo_data.CLASSES)}.")
+  flags.DEFINE_integer("seed", data.seed, "Seed of the drawn dataset.")
+  flags.DEFINE_integer("train_shards", 8, "Training TFRecord shards.")
+  flags.DEFINE_integer("validation_shards", 2, "Validation TFRecord shards.")
 
 
 def main(argv):
@@ -374,4 +379,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

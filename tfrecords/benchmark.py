@@ -26,10 +26,14 @@ from tfrecords import build
 from tfrecords import image
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("images", 600, "Generated images.")
-flags.DEFINE_integer("repeats", 3, "Timed runs of each measurement (the median is printed).")
-flags.DEFINE_integer("num_workers", 0, "Workers of the parallel build; 0: one per core.")
-flags.DEFINE_integer("seed", 0, "Seed of the generated images.")
+
+
+def define_flags():
+  """Defined only when run as the command (see keras_alexnet.benchmark.define_flags)."""
+  flags.DEFINE_integer("images", 600, "Generated images.")
+  flags.DEFINE_integer("repeats", 3, "Timed runs of each measurement (the median is printed).")
+  flags.DEFINE_integer("num_workers", 0, "Workers of the parallel build; 0: one per core.")
+  flags.DEFINE_integer("seed", 0, "Seed of the generated images.")
 
 # ImageNet-2012 training images average about 400x350 (sizes spread around it).
 MEAN_SIZE = (400, 350)
@@ -121,4 +125,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
