@@ -23,6 +23,7 @@ import tensorflow as tf
 from keras_alexnet import export
 from keras_alexnet import preprocessing
 from keras_alexnet.model import alexnet
+from tiny_data import encode, photo  # tests/tiny_data.py
 
 NUM_CLASSES = 10
 CLASSES = [[f"n{i:08d}", f"class number {i}"] for i in range(NUM_CLASSES)]
@@ -31,22 +32,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
        "PYTHONPATH": os.pathsep.join([REPO] + os.environ.get("PYTHONPATH", "").split(
            os.pathsep)).rstrip(os.pathsep)}
-
-
-def encode(array, fmt, mode=None):
-  image = Image.fromarray(array)
-  if mode:
-    image = image.convert(mode)
-  buffer = io.BytesIO()
-  image.save(buffer, fmt)
-  return buffer.getvalue()
-
-
-def photo(height, width, seed):
-  """A smooth random image (noise upsampled), so JPEG treats it like a photo."""
-  rng = np.random.default_rng(seed)
-  small = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
-  return np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
 
 
 @pytest.fixture(scope="module")

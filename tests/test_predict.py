@@ -1,6 +1,5 @@
 """predict answers every readable image and reports every other one, by file."""
 
-import io
 import json
 import os
 import subprocess
@@ -8,13 +7,13 @@ import sys
 
 import keras
 import numpy as np
-from PIL import Image
 import pytest
 import tensorflow as tf
 
 from keras_alexnet import export
 from keras_alexnet import predict
 from keras_alexnet import preprocessing
+from tiny_data import encode, photo  # tests/tiny_data.py
 
 NUM_CLASSES = 7
 CLASSES = [[f"n{i:08d}", f"thing {i}, a test class"] for i in range(NUM_CLASSES)]
@@ -22,18 +21,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
        "PYTHONPATH": os.pathsep.join([REPO] + os.environ.get("PYTHONPATH", "").split(
            os.pathsep)).rstrip(os.pathsep)}
-
-
-def encode(array, fmt):
-  buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, fmt)
-  return buffer.getvalue()
-
-
-def photo(height, width, seed):
-  rng = np.random.default_rng(seed)
-  small = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
-  return np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
 
 
 @pytest.fixture(scope="module")

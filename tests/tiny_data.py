@@ -5,6 +5,7 @@ The classes are learnable: class k's images have a bright square in a position a
 their own over noise, so a few SGD steps lower the loss.
 """
 
+import io
 import os
 
 import numpy as np
@@ -109,3 +110,23 @@ def unique_collective_keys(monkeypatch) -> None:
   """
   monkeypatch.setattr(tf.distribute.MirroredStrategy, "_collective_key_base",
                       100_000 * next(_STRATEGIES))
+
+
+def encode(array: np.ndarray, fmt: str, mode: str = None) -> bytes:
+  """Real file bytes of `array` in Pillow format `fmt` (JPEG, PNG, ...), converted to `mode`
+  first if given (e.g. "CMYK" or "L" for ImageNet's odd JPEGs)."""
+  from PIL import Image
+  image = Image.fromarray(array)
+  if mode:
+    image = image.convert(mode)
+  buffer = io.BytesIO()
+  image.save(buffer, fmt)
+  return buffer.getvalue()
+
+
+def photo(height: int, width: int, seed: int) -> np.ndarray:
+  """A smooth random uint8 RGB image (noise upsampled), so JPEG treats it like a photo."""
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  small = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
+  return np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
