@@ -23,6 +23,7 @@ from keras_alexnet import features
 from tfrecords import build
 from tfrecords import image
 from tfrecords import sources
+import tiny_data  # tests/tiny_data.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WNIDS = ("n01440764", "n01443537")          # labels 0 and 1: tench, goldfish
@@ -426,6 +427,6 @@ def test_a_script_without_main_guard_can_use_workers(tmp_path):
       "progress=False))\n"
       "print('examples', info['splits']['train']['num_examples'])\n")
   run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "PYTHONPATH": REPO})
+                       timeout=300, env=tiny_data.child_env())
   assert run.returncode == 0, run.stderr[-2000:]
   assert "examples 6" in run.stdout

@@ -14,6 +14,7 @@ import pytest
 import keras_alexnet
 from keras_alexnet import data_service
 from keras_alexnet import dataset
+import tiny_data  # tests/tiny_data.py
 from test_dataset import collect, identify, write_info, write_shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(keras_alexnet.__file__)))
@@ -21,8 +22,7 @@ START_TIMEOUT_S = 90
 
 
 def launch(*args):
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  env = tiny_data.child_env()
   return subprocess.Popen([sys.executable, "-m", "keras_alexnet.data_service", *args],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
 

@@ -109,7 +109,7 @@ def test_command_line_on_a_checkpoint(runs, tmp_path):
   process = subprocess.run(
       [sys.executable, "-m", "keras_alexnet.evaluate", f"--checkpoint={prefix}", "--views=center",
        f"--output={output}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"})
+      env=tiny_data.child_env())
   assert process.returncode == 0, process.stderr
   assert "centre crop" in process.stdout and "(20 validation images)" in process.stdout
   with open(output) as f:

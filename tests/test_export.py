@@ -23,15 +23,12 @@ import tensorflow as tf
 from keras_alexnet import export
 from keras_alexnet import preprocessing
 from keras_alexnet.model import alexnet
-from tiny_data import encode, photo  # tests/tiny_data.py
+from tiny_data import child_env, encode, photo  # tests/tiny_data.py
 
 NUM_CLASSES = 10
 CLASSES = [[f"n{i:08d}", f"class number {i}"] for i in range(NUM_CLASSES)]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Child processes import this checkout's keras_alexnet, installed or not.
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
-       "PYTHONPATH": os.pathsep.join([REPO] + os.environ.get("PYTHONPATH", "").split(
-           os.pathsep)).rstrip(os.pathsep)}
+ENV = child_env()
 
 
 @pytest.fixture(scope="module")

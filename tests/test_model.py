@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_alexnet import model as model_lib
-from keras_alexnet.model import LocalResponseNormalization, ModelConfig, alexnet
+from keras_alexnet.model import LocalResponseNormalization, alexnet
 
 
 @pytest.fixture(scope="module")

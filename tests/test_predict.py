@@ -13,14 +13,12 @@ import tensorflow as tf
 from keras_alexnet import export
 from keras_alexnet import predict
 from keras_alexnet import preprocessing
-from tiny_data import encode, photo  # tests/tiny_data.py
+from tiny_data import child_env, encode, photo  # tests/tiny_data.py
 
 NUM_CLASSES = 7
 CLASSES = [[f"n{i:08d}", f"thing {i}, a test class"] for i in range(NUM_CLASSES)]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
-       "PYTHONPATH": os.pathsep.join([REPO] + os.environ.get("PYTHONPATH", "").split(
-           os.pathsep)).rstrip(os.pathsep)}
+ENV = child_env()
 
 
 @pytest.fixture(scope="module")

@@ -28,10 +28,7 @@ PEER_EXIT_BOUND = 90   # Seconds within which a worker must notice that its peer
 
 
 def _env(**extra):
-  env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-  env.pop("TF_CONFIG", None)
-  env.update(extra)
-  return env
+  return tiny_data.child_env(**extra)
 
 
 def _args(data_dir, workdir, *extra):

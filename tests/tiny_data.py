@@ -130,3 +130,19 @@ def photo(height: int, width: int, seed: int) -> np.ndarray:
   rng = np.random.default_rng(seed)
   small = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
   return np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_env(**extra: str) -> dict:
+  """The environment for a child process (a command under test) that must import this
+  checkout's keras_alexnet and tfrecords, installed or not: quiet TF, no GPU, no inherited
+  TF_CONFIG, unbuffered output; `extra` added last."""
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
+         "PYTHONUNBUFFERED": "1",
+         "PYTHONPATH": os.pathsep.join([REPO] + os.environ.get("PYTHONPATH", "").split(
+             os.pathsep)).rstrip(os.pathsep)}
+  env.pop("TF_CONFIG", None)
+  env.update(extra)
+  return env
