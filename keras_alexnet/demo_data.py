@@ -7,9 +7,11 @@
     DIR/heldout/*.JPEG                              in neither split: for the predict step
     DIR/demo_data.json                              written last: the dataset is complete
 
-Each class is a shape (disc, square, triangle, star, ring, cross) drawn at a random position,
-scale and rotation, in a random colour and fill texture, over a random background (gradient,
-stripes, checks or noise), so that the shape is the only thing that tells the classes apart.
+Each class is a shape (disc, square, triangle, star, ring, cross) in its own band of hues (red,
+yellow, green, cyan, blue, magenta), drawn at a random position, scale and rotation, with a
+random shade and fill texture, over a random greyish background (gradient, stripes, checks or
+noise). Shape and colour both tell the classes apart: with shape alone (random colours, the
+first version) the paper's net did not get off chance within the demo's few hundred steps.
 Images are 256x256 and larger, with different aspect ratios. Like ImageNet, a few files are odd:
 a CMYK JPEG and a PNG named .JPEG among the training images, a grayscale JPEG in validation.
 
@@ -32,7 +34,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
-GENERATOR = "keras_alexnet.demo_data/1"   # bump when the bytes drawn for a config change
+GENERATOR = "keras_alexnet.demo_data/2"   # bump when the bytes drawn for a config change
 MANIFEST = "demo_data.json"
 CLASSES_FILE = "classes.txt"
 VALIDATION_LABELS_FILE = "val_labels.txt"
@@ -43,8 +45,15 @@ CLASSES = (("n00000001", "disc"), ("n00000002", "square"), ("n00000003", "triang
 JPEG_QUALITY = 90
 JPEG_SUBSAMPLING = "4:2:0"     # stated, so the bytes do not follow Pillow's default
 SUPERSAMPLE = 2                # shape masks are drawn at 2x and downsampled: smooth edges
-RADIUS = (0.2, 0.4)            # shape circumradius, as a fraction of the image's shorter side
+RADIUS = (0.25, 0.45)          # shape circumradius, as a fraction of the image's shorter side
 MIN_CONTRAST = 70              # shape vs background, mean luminance difference (0..255)
+# Each class paints its shape in its own hue band (degrees, +-HUE_JITTER), over backgrounds
+# of low saturation: the classes differ in shape and colour, as the issue asks for, so that
+# the paper's net gets off chance within the demo's budget (version 1 drew every colour for
+# every class: shape alone, and AlexNet from scratch stayed at chance; BUILD_NOTES, "Demo").
+CLASS_HUES = (0, 60, 120, 180, 240, 300)   # red, yellow, green, cyan, blue, magenta
+HUE_JITTER = 15
+BACKGROUND_SATURATION = 0.25   # backgrounds are mixed this far from grey towards a colour
 _SPLIT_CODES = {"train": 0, "validation": 1, "heldout": 2, "order": 3}
 _TMP_PREFIX = ".tmp-"
 
@@ -91,8 +100,23 @@ def _colour(rng) -> np.ndarray:
   return rng.integers(0, 256, 3).astype(np.float32)
 
 
+def _class_colour(rng, label) -> np.ndarray:
+  """A saturated colour in class `label`'s hue band."""
+  hue = (CLASS_HUES[label] + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 360 / 60
+  saturation, value = rng.uniform(0.6, 1.0), rng.uniform(0.5, 1.0)
+  # HSV -> RGB: the distance of each channel's hue from the hue, in sextants.
+  k = (np.array([5.0, 3.0, 1.0]) + hue) % 6
+  rgb = value - value * saturation * np.clip(np.minimum(k, 4 - k), 0, 1)
+  return (255 * rgb).astype(np.float32)
+
+
 def _luminance(rgb) -> np.ndarray:
   return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _greyish(rgb) -> np.ndarray:
+  grey = _luminance(rgb)
+  return (grey + BACKGROUND_SATURATION * (rgb - grey)).astype(np.float32)
 
 
 def _coordinates(rng, width, height):
@@ -106,7 +130,7 @@ def _coordinates(rng, width, height):
 def _background(rng, width, height) -> np.ndarray:
   """float32 [height, width, 3]: a gradient, stripes, checks or blotchy noise."""
   kind = rng.integers(4)
-  a, b = _colour(rng), _colour(rng)
+  a, b = (_greyish(_colour(rng)) for _ in range(2))
   if kind == 0:
     t = _coordinates(rng, width, height)[..., None]
   elif kind == 1:
@@ -191,11 +215,10 @@ def draw(label: int, rng: np.random.Generator, min_size: int = 256,
   mask = _mask(kind, width, height, cx, cy, r, angle)
   behind = _luminance(background[mask > 0.5].mean(axis=0)) if (mask > 0.5).any() else 128.0
   for _ in range(20):   # a colour that stands out from what lies behind the shape
-    colour = _colour(rng)
+    colour = _class_colour(rng, label)
     if abs(_luminance(colour) - behind) >= MIN_CONTRAST:
       break
-  else:
-    colour = np.full(3, 255.0 if behind < 128 else 0.0, np.float32)
+  # else: the last draw; its hue still stands out from the greyish background.
   paint = _fill(rng, width, height, colour)
   image = background * (1 - mask[..., None]) + paint * mask[..., None]
   return Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8), "RGB")

@@ -123,6 +123,31 @@ def test_images_of_different_classes_differ_where_the_shape_is():
       assert changed > 0.01, (demo_data.CLASSES[a], demo_data.CLASSES[b])
 
 
+def _hue_degrees(rgb):
+  import colorsys
+  return 360 * colorsys.rgb_to_hsv(*(np.asarray(rgb, np.float64) / 255))[0]
+
+
+@pytest.mark.parametrize("label", range(len(demo_data.CLASSES)))
+def test_each_class_paints_in_its_own_hue_over_greyish_backgrounds(label):
+  """Colour is the second cue (with shape): every class's paint lies in its hue band, far from
+  the other classes' bands, and backgrounds are nearly grey."""
+  for i in range(20):
+    colour = demo_data._class_colour(np.random.default_rng([label, i]), label)
+    offset = (_hue_degrees(colour) - demo_data.CLASS_HUES[label] + 180) % 360 - 180
+    assert abs(offset) <= demo_data.HUE_JITTER + 0.5, (colour, offset)
+    saturation = (colour.max() - colour.min()) / max(colour.max(), 1)
+    assert saturation >= 0.59, colour
+    # Even the most saturated colour mixed towards grey stays below every class colour.
+    grey = demo_data._greyish(np.random.default_rng(i).integers(0, 256, 3).astype(np.float32))
+    assert (grey.max() - grey.min()) / max(grey.max(), 1) < 0.55, grey
+  red = demo_data._greyish(np.array([255.0, 0.0, 0.0], np.float32))
+  assert (red.max() - red.min()) / red.max() < 0.55, red
+  hues = sorted(demo_data.CLASS_HUES)
+  gaps = [(b - a) % 360 for a, b in zip(hues, hues[1:] + hues[:1])]
+  assert min(gaps) - 2 * demo_data.HUE_JITTER >= 30, gaps
+
+
 def test_a_finished_dataset_is_reused_untouched(tiny):
   manifest, root = tiny
   path = os.path.join(root, demo_data.MANIFEST)
