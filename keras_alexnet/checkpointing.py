@@ -325,6 +325,20 @@ def load_model(path: str, which: str = "best") -> tuple:
   return model, {**metadata, "workdir": workdir, "checkpoint": prefix}
 
 
+def initial_model(path: str) -> keras.Model:
+  """The model the run in `path` (a training workdir) started from, rebuilt: its config, built
+  after seeding Keras with the run's --seed, as the trainer does before building. Trained
+  minus initial weights show what training changed (the demo's conv1 picture)."""
+  metadata = read_metadata(path)
+  train = metadata.get("train", {})
+  if train.get("init_checkpoint"):
+    raise ValueError(f"{path} started from --init_checkpoint={train['init_checkpoint']}, not "
+                     "from its seed; load that checkpoint instead.")
+  keras.utils.set_random_seed(train.get("seed", 0))
+  return build_model(model_config_from_json(metadata["model_config"]),
+                     tiny=metadata.get("tiny_model", False))
+
+
 def _layer_weights(model: keras.Model) -> dict:
   """{layer name: its checkpointed variables} of the layers that have any, in model order."""
   found = {}

@@ -33,12 +33,17 @@ from typing import Optional, Sequence
 from absl import app
 from absl import flags
 
+from keras_alexnet import dataset_info
 from keras_alexnet import demo_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FLAGFILE = os.path.join(REPO, "flags", "demo.cfg")
 MARKER = ".keras_alexnet_demo"
 KERNELS_PNG = "conv1_kernels.png"
+# conv1's kernels minus their initial values: a few hundred steps move the paper's N(0, 0.01)
+# kernels by about a third of their norm, so the trained kernels alone still look like the
+# initial noise; the change shows what the net learned.
+LEARNED_PNG = "conv1_learned.png"
 SUMMARY = "summary.json"
 # The paper's Figure 3 is 6 rows of 16: tower a's 48 kernels in the top 3, tower b's below.
 KERNEL_COLUMNS = 16
@@ -150,6 +155,7 @@ def _paths(work_dir: str) -> dict:
           for name in ("images", "tfrecords", "train", "export")} | {
               "evaluation": os.path.join(work_dir, "evaluation.json"),
               "kernels": os.path.join(work_dir, KERNELS_PNG),
+              "learned": os.path.join(work_dir, LEARNED_PNG),
               "summary": os.path.join(work_dir, SUMMARY)}
 
 
@@ -177,20 +183,29 @@ def _exported_checkpoint(export_dir: str) -> Optional[tuple]:
   return folder, (info.get("metadata") or {}).get("checkpoint")
 
 
-def write_kernels_png(train_dir: str, path: str) -> str:
-  """conv1's kernels of the best checkpoint as a PNG in the layout of the paper's Figure 3."""
-  from PIL import Image   # pylint: disable=g-import-not-at-top
+def write_kernels_png(train_dir: str, path: str, learned_path: str) -> str:
+  """conv1's kernels of the best checkpoint as a PNG in the layout of the paper's Figure 3
+  (path), and the same for their change since initialization (learned_path)."""
   import numpy as np   # pylint: disable=g-import-not-at-top
   from keras_alexnet import checkpointing   # pylint: disable=g-import-not-at-top
-  from keras_alexnet import training   # pylint: disable=g-import-not-at-top
   model, metadata = checkpointing.load_model(train_dir, "best")
   kernels = np.asarray(model.get_layer("conv1").kernel)
+  initial = np.asarray(checkpointing.initial_model(train_dir).get_layer("conv1").kernel)
+  _write_grid_png(kernels, path)
+  _write_grid_png(kernels - initial, learned_path)
+  return metadata["checkpoint"]
+
+
+def _write_grid_png(kernels, path: str) -> None:
+  import io   # pylint: disable=g-import-not-at-top
+  from PIL import Image   # pylint: disable=g-import-not-at-top
+  import numpy as np   # pylint: disable=g-import-not-at-top
+  from keras_alexnet import training   # pylint: disable=g-import-not-at-top
   grid = training.kernel_grid(kernels, columns=KERNEL_COLUMNS)[0]
   image = Image.fromarray(np.clip(np.rint(grid * 255), 0, 255).astype(np.uint8), "RGB")
-  tmp = f"{path}.tmp-{os.getpid()}.png"
-  image.save(tmp)
-  os.replace(tmp, path)
-  return metadata["checkpoint"]
+  png = io.BytesIO()
+  image.save(png, "PNG")
+  dataset_info.write_atomic(path, lambda f: f.write(png.getvalue()))
 
 
 def _format_predictions(predictions: list, truth: dict) -> tuple:
@@ -239,7 +254,6 @@ def run_demo(config: DemoConfig) -> dict:
 
   # 2. TFRecords.
   steps.begin("build", "Building the TFRecords")
-  from keras_alexnet import dataset_info   # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.join(paths["tfrecords"], dataset_info.FILENAME)):
     print(f"done already: {paths['tfrecords']}/{dataset_info.FILENAME}")
     summary["reused"].append("build")
@@ -305,24 +319,23 @@ def run_demo(config: DemoConfig) -> dict:
 
   # 7. The picture.
   steps.begin("kernels", "Drawing conv1's kernels (the paper's Figure 3)")
-  write_kernels_png(paths["train"], paths["kernels"])
+  write_kernels_png(paths["train"], paths["kernels"], paths["learned"])
   print(f"{paths['kernels']}: tower a's 48 kernels in the top 3 rows, tower b's below")
+  print(f"{paths['learned']}: the same, minus their initial values (what training changed)")
   steps.finish()
 
   summary.update({
       "seconds": steps.total_seconds(), "step_seconds": steps.seconds,
       "step_cpu_seconds": steps.cpu_seconds,
       "checkpoint": best, "saved_model": saved_model, "kernels_png": paths["kernels"],
+      "learned_png": paths["learned"],
       "validation_examples": evaluation["examples"],
       "top1_accuracy": {v: 1 - results[v]["top1_error"] for v in ("center", "ten")},
       "top5_accuracy": {v: 1 - results[v]["top5_error"] for v in ("center", "ten")},
       "heldout_correct": correct, "heldout": len(predictions),
       "load_average": os.getloadavg(),
   })
-  with open(paths["summary"] + ".tmp", "w") as f:
-    json.dump(summary, f, indent=2)
-    f.write("\n")
-  os.replace(paths["summary"] + ".tmp", paths["summary"])
+  dataset_info.write_json_atomic(paths["summary"], summary)
   minutes, seconds = divmod(int(summary["seconds"]), 60)
   print(f"\nDemo done in {minutes}:{seconds:02d} ({', '.join(summary['reused']) or 'nothing'} "
         f"reused): top-1 accuracy {100 * summary['top1_accuracy']['ten']:.1f}% with the 10 "

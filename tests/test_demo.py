@@ -69,8 +69,10 @@ def test_the_whole_chain_then_a_rerun_that_reuses_it(tmp_path):
     assert sorted(part.split()[0] for part in line.split(maxsplit=3)[3].split(", ")) == [
         "disc", "square", "triangle"]
   # The tiny net's conv1 has 8 kernels of 11x11: a 3x3 grid (the paper's net: 6 rows of 16).
-  with Image.open(work / demo.KERNELS_PNG) as png:
-    assert png.format == "PNG" and png.size == ((3 * 12 + 1) * 4, (3 * 12 + 1) * 4)
+  for name in (demo.KERNELS_PNG, demo.LEARNED_PNG):
+    with Image.open(work / name) as png:
+      assert png.format == "PNG" and png.size == ((3 * 12 + 1) * 4, (3 * 12 + 1) * 4), name
+  assert summary["learned_png"] == str(work / demo.LEARNED_PNG)
 
   second = _demo(work, *TINY_DEMO)
   assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]

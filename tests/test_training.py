@@ -70,6 +70,21 @@ def test_smoke_run_learns_and_leaves_checkpoints_and_events(data_dir, tmp_path):
   assert metadata["num_classes"] == 4 and len(metadata["classes"]) == 4
 
 
+def test_initial_model_rebuilds_the_weights_a_run_started_from(data_dir, tmp_path):
+  """What the demo's conv1_learned.png subtracts: a run whose steps barely move the weights
+  (rate 1e-12) ends where checkpointing.initial_model says it started."""
+  workdir = str(tmp_path / "run")
+  training.train_and_evaluate(_config(data_dir, learning_rate=1e-12, seed=3), workdir)
+  trained, _ = checkpointing.load_model(workdir, "latest")
+  initial = checkpointing.initial_model(workdir)
+  for a, b in zip(trained.trainable_variables, initial.trainable_variables):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-7, err_msg=a.path)
+  keras.utils.set_random_seed(4)
+  other = checkpointing.build_model(model_lib.ModelConfig(num_classes=4), tiny=True)
+  assert not np.allclose(other.get_layer("conv1").kernel.numpy(),
+                         initial.get_layer("conv1").kernel.numpy(), atol=1e-4)
+
+
 def _final_weights(workdir):
   model, _ = checkpointing.load_model(workdir, "latest")
   return [v.numpy() for v in model.trainable_variables]
