@@ -513,20 +513,33 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
     if path:
       logging.info("Saved %s.", path)
 
-  def dataset_fn(epoch, skip):
+  def dataset_fn(first_epoch, skip):
+    """The rest of the run as one dataset: epoch `first_epoch` from its batch `skip`, then
+    every later epoch, each cut at steps_per_epoch. So one iterator serves the whole run (an
+    iterator per epoch stalled epoch starts: see _chain_epochs)."""
     def fn(context):
       local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
-      ds = dataset_lib.create_split(config.data, True, per_replica, input_context=context,
-                                    epoch=epoch, skip_batches=skip * local_replicas)
-      # Workers with fewer examples in their files wrap around rather than stall the others.
-      return ds.repeat() if context.num_input_pipelines > 1 else ds
+      epochs = []
+      for e in range(first_epoch, t.epochs):
+        done = skip if e == first_epoch else 0
+        ds = dataset_lib.create_split(config.data, True, per_replica, input_context=context,
+                                      epoch=e, skip_batches=done * local_replicas)
+        if context.num_input_pipelines > 1:
+          # Workers with fewer examples in their files wrap around rather than stall the others.
+          ds = ds.repeat()
+        # Each step takes one batch per local replica. The assertion fails the run, as running
+        # out of data did with an iterator per epoch, instead of starting the next epoch early.
+        batches = (steps_per_epoch - done) * local_replicas
+        epochs.append(ds.take(batches).apply(tf.data.experimental.assert_cardinality(batches)))
+      return _chain_epochs(epochs)
     return fn
 
   last_val = history[-1]["validation"] if history else {}
+  if epoch < t.epochs:
+    iterator = iter(strategy.distribute_datasets_from_function(
+        dataset_fn(epoch, batch_in_epoch)))
   with _SignalFlag() as signals:
     while epoch < t.epochs:
-      iterator = iter(strategy.distribute_datasets_from_function(
-          dataset_fn(epoch, batch_in_epoch)))
       progbar = (keras.utils.Progbar(steps_per_epoch, stateful_metrics=["img/s", "lr"])
                  if chief and sys.stdout.isatty() else None)
       window = np.zeros(4)   # loss sum, top-1 hits, top-5 hits, steps
@@ -594,6 +607,24 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
         raise Stopped(signals.signum, step)
   writers.flush()
   return {"step": step, "epoch": epoch, "validation": last_val, "best_top1_error": best_error}
+
+
+def _chain_epochs(epochs):
+  """epochs[0].concatenate(epochs[1])... as a balanced tree, so that a run of many epochs is
+  a shallow graph.
+
+  Why one dataset for the whole run: deleting a tf.data iterator waits for its autotuning
+  thread (model::Model::OptimizeLoop), which sleeps between optimizations for a period that
+  doubles up to 60 s. In TF 2.21 the cancellation can lose that thread's wake-up:
+  CancellationManager::StartCancel runs the callback that wakes it before it sets
+  is_cancelled_, and a thread that wakes in between sleeps out its period. Deleting each
+  epoch's iterator so stalled half the demo's epoch starts by 14-40 s, at 0% CPU (measured:
+  BUILD_NOTES.md, "One training iterator for the whole run").
+  """
+  if len(epochs) == 1:
+    return epochs[0]
+  middle = len(epochs) // 2
+  return _chain_epochs(epochs[:middle]).concatenate(_chain_epochs(epochs[middle:]))
 
 
 def _log_window(writers, window, timed_steps, start, step, epoch, batch, steps_per_epoch,
