@@ -72,10 +72,24 @@ def matmul_gflops(device: Optional[str] = None, size: int = MATMUL_SIZE,
   return 4 * 2 * size ** 3 / seconds / 1e9
 
 
+@dataclasses.dataclass
+class StepRate:
+  images_per_second: float   # median over the timed steps
+  gflops: float              # from images_per_second and the FLOPs per training image
+  ratio: float               # median of (step GFLOP/s / the bound measured just before it)
+  bound_gflops: float        # median of those bounds
+
+
 def train_step_rate(batch_size: int, precision: str = "float32", xla: bool = False,
-                    steps: int = 5, num_classes: int = model_lib.NUM_CLASSES):
-  """Images/s and GFLOP/s of the paper net's training step: forward, backward and the
-  SGD-with-momentum update, on random mean-subtracted 224x224 inputs."""
+                    steps: int = 5, num_classes: int = model_lib.NUM_CLASSES,
+                    bound: Callable[[], float] = matmul_gflops) -> StepRate:
+  """The paper net's training step: forward, backward and the SGD-with-momentum update, on
+  random mean-subtracted 224x224 inputs.
+
+  Each timed step follows a measurement of `bound` (the float32 matmul rate), and the ratio is
+  the median of the per-pair ratios: on a shared machine the bound itself moved by 2x within
+  a minute here, and a ratio to one bound taken at the start then measures the neighbours.
+  """
   previous = keras.config.dtype_policy()
   keras.config.set_dtype_policy("float32" if precision == "float32" else precision)
   try:
@@ -97,11 +111,19 @@ def train_step_rate(batch_size: int, precision: str = "float32", xla: bool = Fal
       optimizer.apply_gradients(zip(grads, net.trainable_variables))
       return loss
 
-    seconds = median_seconds(lambda: step().numpy(), steps, warmup=2)
     flops = TRAIN_FLOPS_FACTOR * model_lib.flops_per_image(net) * batch_size
+    bounds, seconds = [], []
+    for _ in range(2):   # warm-up: tracing, oneDNN's kernel selection, the slots
+      step().numpy()
+    for _ in range(steps):
+      bounds.append(bound())
+      seconds.append(median_seconds(lambda: step().numpy(), 1, warmup=0))
   finally:
     keras.config.set_dtype_policy(previous)
-  return batch_size / seconds, flops / seconds / 1e9
+  ratios = [flops / s / 1e9 / b for s, b in zip(seconds, bounds)]
+  images_per_second = batch_size / statistics.median(seconds)
+  return StepRate(images_per_second, images_per_second * flops / batch_size / 1e9,
+                  statistics.median(ratios), statistics.median(bounds))
 
 
 def print_table(rows: Sequence[Row], machine: str) -> None:
@@ -211,9 +233,11 @@ def main(argv: List[str]) -> None:
   if "train" in FLAGS.parts:
     for precision in FLAGS.precisions:
       for xla in FLAGS.xla:
-        rate, gflops = train_step_rate(FLAGS.batch_size, precision, xla == "on", FLAGS.steps)
-        rows.append(Row(f"train step {precision}, XLA {xla}, batch {FLAGS.batch_size}", rate,
-                        "matmul", gflops / matmul, f"{gflops:.1f} GFLOP/s"))
+        r = train_step_rate(FLAGS.batch_size, precision, xla == "on", FLAGS.steps)
+        rows.append(Row(f"train step {precision}, XLA {xla}, batch {FLAGS.batch_size}",
+                        r.images_per_second, "matmul", r.ratio,
+                        f"{r.gflops:.1f} GFLOP/s; ratio to the bound measured before each "
+                        f"step (median {r.bound_gflops:.1f})"))
   if "pipeline" in FLAGS.parts:
     from keras_alexnet import pipeline_benchmark
     rows += pipeline_benchmark.rows(FLAGS.pipeline_images, data_dir=FLAGS.data_dir)

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 import keras
 from keras import ops
+import tensorflow as tf
 
 # Section 5.
 MOMENTUM = 0.9
@@ -67,20 +68,32 @@ class PaperSGD(keras.optimizers.Optimizer):
     return self.paper_weight_decay > 0 and (self.decay_biases or len(variable.shape) >= 2)
 
   def update_step(self, gradient, variable, learning_rate):
-    eps = ops.cast(learning_rate, variable.dtype)
-    gradient = ops.cast(gradient, variable.dtype)
     v = self.velocities[self._get_variable_index(variable)]
-    new_v = ops.multiply(v, ops.cast(self.momentum, variable.dtype))
-    if self.decays(variable):
-      new_v = ops.subtract(new_v, ops.multiply(
-          ops.cast(self.paper_weight_decay, variable.dtype), ops.multiply(eps, variable)))
-    new_v = ops.subtract(new_v, ops.multiply(eps, gradient))
-    self.assign(v, new_v)
-    self.assign_add(variable, v)
+    decay = self.paper_weight_decay if self.decays(variable) else 0.0
+    _paper_update(variable, _tf_variable(v), ops.cast(gradient, variable.dtype),
+                  ops.cast(learning_rate, variable.dtype), ops.cast(self.momentum, variable.dtype),
+                  ops.cast(decay, variable.dtype))
 
   def get_config(self):
     return {**super().get_config(), "momentum": self.momentum,
             "weight_decay": self.paper_weight_decay, "decay_biases": self.decay_biases}
+
+
+def _tf_variable(variable):
+  return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+@tf.function(jit_compile=True)
+def _paper_update(variable, velocity, gradient, eps, momentum, decay):
+  """v <- momentum * v - decay * eps * w - eps * g;  w <- w + v, as one XLA fusion per variable.
+
+  Why compiled: as separate TF ops the rule makes ~15 passes over each variable, ~3.7 GB of
+  memory traffic per step for AlexNet's 244 MB of weights (~0.2 s of a 2 s CPU step at batch
+  64); fused it reads w, v, g once and writes v, w in place. decay = 0 for variables that are
+  not decayed (the term is then exactly zero)."""
+  new_v = momentum * velocity - decay * (eps * variable) - eps * gradient
+  velocity.assign(new_v)
+  variable.assign_add(new_v)
 
 
 class PlateauSchedule:
