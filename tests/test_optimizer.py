@@ -113,3 +113,16 @@ def test_step_schedule():
   assert s.update(29, None) and not s.update(30, None)
   with pytest.raises(ValueError, match="increasing"):
     optimizer_lib.StepSchedule(0.01, (60, 30))
+
+
+def test_a_second_model_in_the_same_process_trains_after_the_first_is_gone():
+  """The compiled update belongs to its optimizer: a function shared across optimizers kept a
+  trace of the first model's (deleted) variables and failed on the second."""
+  import gc
+  for _ in range(2):
+    variable = keras.Variable(np.ones((3, 2), np.float32))
+    opt = optimizer_lib.PaperSGD(learning_rate=0.1, weight_decay=0.0)
+    tf.function(lambda: opt.apply([tf.ones((3, 2))], [variable]))()
+    np.testing.assert_allclose(variable.numpy(), 0.9)
+    del variable, opt
+    gc.collect()
