@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 
 from absl import app
 from absl import flags
+import numpy as np
 
 from keras_alexnet import dataset_info
 from keras_alexnet import demo_data
@@ -186,7 +187,6 @@ def _exported_checkpoint(export_dir: str) -> Optional[tuple]:
 def write_kernels_png(train_dir: str, path: str, learned_path: str) -> str:
   """conv1's kernels of the best checkpoint as a PNG in the layout of the paper's Figure 3
   (path), and the same for their change since initialization (learned_path)."""
-  import numpy as np   # pylint: disable=g-import-not-at-top
   from keras_alexnet import checkpointing   # pylint: disable=g-import-not-at-top
   model, metadata = checkpointing.load_model(train_dir, "best")
   kernels = np.asarray(model.get_layer("conv1").kernel)
@@ -199,7 +199,6 @@ def write_kernels_png(train_dir: str, path: str, learned_path: str) -> str:
 def _write_grid_png(kernels, path: str) -> None:
   import io   # pylint: disable=g-import-not-at-top
   from PIL import Image   # pylint: disable=g-import-not-at-top
-  import numpy as np   # pylint: disable=g-import-not-at-top
   from keras_alexnet import training   # pylint: disable=g-import-not-at-top
   grid = training.kernel_grid(kernels, columns=KERNEL_COLUMNS)[0]
   image = Image.fromarray(np.clip(np.rint(grid * 255), 0, 255).astype(np.uint8), "RGB")

@@ -128,6 +128,22 @@ def test_lrn_training_gradient_equals_tf_gradient(towers):
   np.testing.assert_allclose(fast_grad, reference_grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("tower", ["a", "b"])
+def test_tower_split_gradient_is_the_slice_gradient(tower):
+  """SplitChannels writes its gradient itself (a concat with zeros, for speed): it must put the
+  upstream gradient on its own half of the maps and zeros on the other."""
+  rng = np.random.default_rng(3)
+  x = tf.constant(rng.normal(size=(2, 3, 3, 8)).astype(np.float32))
+  upstream = tf.constant(rng.normal(size=(2, 3, 3, 4)).astype(np.float32))
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(x)
+    ours = model_lib.SplitChannels(tower)(x)
+    reference = x[..., :4] if tower == "a" else x[..., 4:]
+  np.testing.assert_array_equal(ours.numpy(), reference.numpy())
+  np.testing.assert_array_equal(tape.gradient(ours, x, output_gradients=upstream).numpy(),
+                                tape.gradient(reference, x, output_gradients=upstream).numpy())
+
+
 def test_paper_init():
   net = alexnet(num_classes=10)
   for layer in net.layers:
