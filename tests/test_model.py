@@ -81,8 +81,9 @@ def _paper_lrn_numpy(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
   return b
 
 
+@pytest.mark.parametrize("training", [False, True])  # TF's op / the XLA-fused training path
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-def test_lrn_matches_paper_formula(policy):
+def test_lrn_matches_paper_formula(policy, training):
   rng = np.random.default_rng(0)
   # Values of the size ReLU outputs reach, so that the alpha term matters.
   a = rng.uniform(0, 60, size=(2, 5, 5, 16)).astype(np.float32)
@@ -90,7 +91,7 @@ def test_lrn_matches_paper_formula(policy):
   keras.config.set_dtype_policy(policy)
   try:
     layer = LocalResponseNormalization()
-    out = layer(a)
+    out = layer(a, training=training)
   finally:
     keras.config.set_dtype_policy(previous)
   assert out.dtype == tf.float32  # pinned to float32 under mixed precision too
@@ -111,7 +112,8 @@ def test_lrn_per_tower_never_crosses_towers():
 
 @pytest.mark.parametrize("towers", [1, 2])
 def test_lrn_training_gradient_equals_tf_gradient(towers):
-  # In training the layer uses its own (XLA-fused) gradient; it must be TF's LRNGrad maths.
+  # In training the layer uses its own XLA-fused forward and gradient; they must be TF's LRN
+  # and LRNGrad maths.
   rng = np.random.default_rng(7)
   a = tf.constant(rng.uniform(0, 60, size=(2, 4, 4, 12)).astype(np.float32))
   upstream = tf.constant(rng.normal(size=(2, 4, 4, 12)).astype(np.float32))
