@@ -146,6 +146,29 @@ def test_tower_split_gradient_is_the_slice_gradient(tower):
                                 tape.gradient(reference, x, output_gradients=upstream).numpy())
 
 
+def test_dense_gradients_are_the_matmul_gradients():
+  """The fc layers write their input gradient themselves, as (w @ dy^T)^T: it and the weight
+  and bias gradients must be those of keras.layers.Dense's own x @ w + b."""
+  rng = np.random.default_rng(4)
+  x = tf.constant(rng.normal(size=(5, 12)).astype(np.float32))
+  upstream = tf.constant(rng.normal(size=(5, 7)).astype(np.float32))
+  ours = model_lib.PlacedDense(7, activation="relu", bias_initializer="random_normal")
+  reference = keras.layers.Dense(7, activation="relu")
+  ours.build(x.shape)
+  reference.build(x.shape)
+  reference.set_weights(ours.get_weights())
+  grads = []
+  for layer in (ours, reference):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x)
+    grads.append([g.numpy() for g in tape.gradient(
+        y, [x, layer.kernel, layer.bias], output_gradients=upstream)])
+  for g_ours, g_reference in zip(*grads):
+    assert np.any(g_ours != 0)
+    np.testing.assert_allclose(g_ours, g_reference, rtol=1e-5, atol=1e-6)
+
+
 def test_paper_init():
   net = alexnet(num_classes=10)
   for layer in net.layers:
