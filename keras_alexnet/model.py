@@ -332,6 +332,8 @@ class PlacedDense(_Placed, keras.layers.Dense):
     return self.units
 
   def _whole_call(self, inputs):
+    if inputs.shape.rank != 2:   # _matmul's gradient is written for [batch, features]
+      return super()._whole_call(inputs)
     y = _matmul(inputs, tf.cast(self.kernel, inputs.dtype))
     return self.activation(tf.nn.bias_add(y, tf.cast(self.bias, inputs.dtype)))
 

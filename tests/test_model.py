@@ -146,12 +146,13 @@ def test_tower_split_gradient_is_the_slice_gradient(tower):
                                 tape.gradient(reference, x, output_gradients=upstream).numpy())
 
 
-def test_dense_gradients_are_the_matmul_gradients():
+@pytest.mark.parametrize("batch_shape", [(5,), (2, 5)])   # the fc layers' [batch, features]; N-D
+def test_dense_gradients_are_the_matmul_gradients(batch_shape):
   """The fc layers write their input gradient themselves, as (w @ dy^T)^T: it and the weight
   and bias gradients must be those of keras.layers.Dense's own x @ w + b."""
   rng = np.random.default_rng(4)
-  x = tf.constant(rng.normal(size=(5, 12)).astype(np.float32))
-  upstream = tf.constant(rng.normal(size=(5, 7)).astype(np.float32))
+  x = tf.constant(rng.normal(size=(*batch_shape, 12)).astype(np.float32))
+  upstream = tf.constant(rng.normal(size=(*batch_shape, 7)).astype(np.float32))
   ours = model_lib.PlacedDense(7, activation="relu", bias_initializer="random_normal")
   reference = keras.layers.Dense(7, activation="relu")
   ours.build(x.shape)
