@@ -19,7 +19,6 @@ from typing import Callable, List, Optional, Sequence
 from absl import app
 from absl import flags
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import model as model_lib

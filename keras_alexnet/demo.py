@@ -22,6 +22,7 @@ and has no marker (not made by the demo) is refused before anything is written.
 """
 
 import dataclasses
+import io
 import json
 import os
 import resource
@@ -197,7 +198,6 @@ def write_kernels_png(train_dir: str, path: str, learned_path: str) -> str:
 
 
 def _write_grid_png(kernels, path: str) -> None:
-  import io   # pylint: disable=g-import-not-at-top
   from PIL import Image   # pylint: disable=g-import-not-at-top
   from keras_alexnet import training   # pylint: disable=g-import-not-at-top
   grid = training.kernel_grid(kernels, columns=KERNEL_COLUMNS)[0]

@@ -20,7 +20,7 @@ activation, LRN, overlapping pooling, dropout and the removal of a middle conv l
 """
 
 import dataclasses
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import keras
 import tensorflow as tf

@@ -2,7 +2,6 @@
 timed here: speed targets belong to the benchmark command, not to tests)."""
 
 import numpy as np
-import tensorflow as tf
 
 from keras_alexnet import dataset
 from keras_alexnet import pipeline_benchmark as pb
