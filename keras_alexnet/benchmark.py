@@ -248,6 +248,11 @@ def main(argv: List[str]) -> None:
     print(variant_rows())
 
 
+def run():
+  """The command (`python -m keras_alexnet.benchmark`, or its console script)."""
+  from keras_alexnet import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, define_flags)
+
+
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  run()

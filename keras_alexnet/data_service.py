@@ -117,7 +117,16 @@ def main(argv):
   serve(config)
 
 
-if __name__ == "__main__":
+def _define_command_flags():
   define_flags()
   flags.mark_flag_as_required("role")
-  app.run(main)
+
+
+def run():
+  """The command (`python -m keras_alexnet.data_service`, or its console script)."""
+  from keras_alexnet import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, _define_command_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -35,11 +35,12 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from keras_alexnet import cli
 from keras_alexnet import dataset_info
 from keras_alexnet import demo_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_FLAGFILE = os.path.join(REPO, "flags", "demo.cfg")
+DEFAULT_FLAGFILE = "flags/demo.cfg"   # a path, or the shipped recipe (keras_alexnet.cli)
 MARKER = ".keras_alexnet_demo"
 KERNELS_PNG = "conv1_kernels.png"
 # conv1's kernels minus their initial values: a few hundred steps move the paper's N(0, 0.01)
@@ -133,8 +134,9 @@ def _cpu_seconds() -> float:
 
 def _env() -> dict:
   env = dict(os.environ)
-  # tfrecords/ is a tool of the checkout, not an installed package.
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+  if os.path.isdir(os.path.join(REPO, "tfrecords")):
+    # A checkout: its own package and builder, installed or not.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   return env
 
@@ -143,7 +145,7 @@ def run_tool(module: str, args: Sequence[str], capture: bool = False) -> str:
   """Runs `python -m module args`, output shown live (or captured and returned)."""
   command = [sys.executable, "-m", module, *args]
   print("$ " + " ".join(command[1:]).replace(sys.executable, "python"), flush=True)
-  result = subprocess.run(command, cwd=REPO, env=_env(), text=True,
+  result = subprocess.run(command, env=_env(), text=True,
                           stdout=subprocess.PIPE if capture else None)
   if result.returncode != 0:
     raise DemoError(f"`python -m {module}` failed (exit status {result.returncode}); its "
@@ -228,9 +230,10 @@ def _format_predictions(predictions: list, truth: dict) -> tuple:
 def run_demo(config: DemoConfig) -> dict:
   """Runs (or continues) the demo in config.work_dir; returns the summary it writes."""
   work_dir = os.path.abspath(config.work_dir)
-  if not os.path.isfile(config.train_flagfile):
-    raise DemoError(f"the training flagfile {config.train_flagfile} does not exist (run the "
-                    "demo from a checkout of keras_alexnet, or pass --train_flagfile)")
+  try:
+    train_flagfile = cli.resolve_flagfile(config.train_flagfile)
+  except ValueError as e:
+    raise DemoError(f"--train_flagfile: {e}") from None
   demo_data.check_config(config.data)
   claim_work_dir(work_dir)
   paths = _paths(work_dir)
@@ -257,7 +260,7 @@ def run_demo(config: DemoConfig) -> dict:
     print(f"done already: {paths['tfrecords']}/{dataset_info.FILENAME}")
     summary["reused"].append("build")
   else:
-    run_tool("tfrecords.build", [
+    run_tool(cli.builder_module(), [
         f"--input={paths['images']}", f"--output_dir={paths['tfrecords']}",
         f"--classes_file={os.path.join(paths['images'], demo_data.CLASSES_FILE)}",
         "--validation_labels_file="
@@ -269,7 +272,7 @@ def run_demo(config: DemoConfig) -> dict:
   # is complete.
   steps.begin("train", "Training AlexNet (flags/demo.cfg)")
   run_tool("keras_alexnet.train", [
-      f"--flagfile={config.train_flagfile}", f"--data_dir={paths['tfrecords']}",
+      f"--flagfile={train_flagfile}", f"--data_dir={paths['tfrecords']}",
       f"--workdir={paths['train']}", *config.train_flags])
   best = _best_checkpoint(paths["train"])
 
@@ -390,6 +393,10 @@ def main(argv):
     sys.exit("\nInterrupted; run the same command again to continue where it stopped.")
 
 
+def run():
+  """The command (`python -m keras_alexnet.demo`, or its console script)."""
+  cli.run(main, define_flags)
+
+
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  run()

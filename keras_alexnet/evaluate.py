@@ -200,8 +200,12 @@ def main(argv):
   logging.info("Wrote %s.", results["output"])
 
 
+def run():
+  """The command (`python -m keras_alexnet.evaluate`, or its console script). Only as the
+  command: importing this module (tests, other tools) defines no flags."""
+  from keras_alexnet import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, config_lib.define_evaluate_flags)
+
+
 if __name__ == "__main__":
-  # Only as the command: importing this module (tests, other tools) defines no flags.
-  config_lib.define_evaluate_flags()
-  flags.adopt_module_key_flags(config_lib)   # --help lists them.
-  app.run(main)
+  run()

@@ -487,7 +487,11 @@ def _define_flags():
   flags.mark_flags_as_required(["workdir", "export_dir"])
 
 
+def run():
+  """The command (`python -m keras_alexnet.export`, or its console script)."""
+  from keras_alexnet import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, _define_flags)
+
+
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  app.run(main)
+  run()

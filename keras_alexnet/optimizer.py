@@ -29,6 +29,7 @@ LR_DROP_FACTOR = 0.1
 MAX_LR_DROPS = 3
 
 
+@keras.saving.register_keras_serializable(package="keras_alexnet")
 class PaperSGD(keras.optimizers.Optimizer):
   """v <- momentum * v - weight_decay * lr * w - lr * g;  w <- w + v  (section 5).
 

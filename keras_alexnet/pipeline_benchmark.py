@@ -23,7 +23,6 @@ import tempfile
 import time
 from typing import List, Optional
 
-from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
@@ -261,6 +260,11 @@ def main(argv):
           f"{row.bound_name + ('; ' if row.bound_name and row.detail else '') + row.detail}")
 
 
+def run():
+  """The command (`python -m keras_alexnet.pipeline_benchmark`, or its console script)."""
+  from keras_alexnet import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, define_flags)
+
+
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  run()

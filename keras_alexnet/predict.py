@@ -16,12 +16,8 @@ import sys
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
-if __name__ == "__main__":
-  # Failed images are reported below, one line each; TF's C++ log would repeat them.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np
+import tensorflow as tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 SIGNATURE = "serving_default"
@@ -258,7 +254,11 @@ def _define_flags():
   flags.mark_flag_as_required("saved_model")
 
 
+def run():
+  """The command (`python -m keras_alexnet.predict`, or its console script)."""
+  from keras_alexnet import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, _define_flags)
+
+
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  app.run(main)
+  run()

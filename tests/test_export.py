@@ -98,6 +98,11 @@ def eval_crops(image_bytes, stats):
   return preprocessing.center_crop(stored, stats)
 
 
+# TensorFlow's own CLI, through the running interpreter: on a fresh machine only this
+# interpreter's environment has TensorFlow, and its bin folder need not be on PATH.
+SAVED_MODEL_CLI = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+
+
 def run(cmd, **kwargs):
   return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300, **kwargs)
 
@@ -146,7 +151,7 @@ def test_fresh_process_matches_keras_and_evaluate(exported, paper_net, images, s
 
 
 def test_saved_model_cli_show_lists_the_contract(exported):
-  result = run(["saved_model_cli", "show", "--all", "--dir", exported])
+  result = run(SAVED_MODEL_CLI + ["show", "--all", "--dir", exported])
   assert result.returncode == 0, result.stderr[-3000:]
   signatures = {}
   for block in re.split(r"\nsignature_def\['", result.stdout)[1:]:
@@ -170,7 +175,7 @@ def test_saved_model_cli_show_lists_the_contract(exported):
 def test_saved_model_cli_run_on_a_jpeg(exported, loaded, images, tmp_path):
   # saved_model_cli runs the graph the TF1 way (a Session over the MetaGraph), like TF Serving.
   np.save(tmp_path / "jpeg.npy", np.array([images["jpeg"]], dtype=object))
-  result = run(["saved_model_cli", "run", "--dir", exported, "--tag_set", "serve",
+  result = run(SAVED_MODEL_CLI + ["run", "--dir", exported, "--tag_set", "serve",
                 "--signature_def", "serving_default",
                 "--inputs", f"image_bytes={tmp_path / 'jpeg.npy'}"])
   assert result.returncode == 0, result.stderr[-3000:]

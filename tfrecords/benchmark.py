@@ -17,7 +17,6 @@ import os
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 from PIL import Image
@@ -124,6 +123,11 @@ def main(argv) -> None:
           f"{many / workers / bare:.2f} of bare per worker; {many / one:.2f}x one worker")
 
 
+def run():
+  """The command (`python -m tfrecords.benchmark`, or its console script)."""
+  from keras_alexnet import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, define_flags)
+
+
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  run()

@@ -691,10 +691,14 @@ def _define_flags() -> None:
   flags.mark_flag_as_required("output_dir")
 
 
+def run() -> None:
+  """The command (`python -m tfrecords.build`, `keras-alexnet-build`)."""
+  from keras_alexnet import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, _define_flags)
+
+
 if __name__ == "__main__":
   # Run the functions of the module imported under its own name, so what the worker processes
   # unpickle is tfrecords.build.X (the module the forkserver preloads), not __main__.X.
-  from absl import app
   from tfrecords import build as _build
-  _build._define_flags()
-  app.run(_build.main)
+  _build.run()

@@ -32,6 +32,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from keras_alexnet import cli
 from keras_alexnet import dataset_info
 from keras_alexnet import experiments
 
@@ -83,10 +84,8 @@ def check_config(config: CompareConfig) -> None:
   if len(config.flagfiles) < 2:
     raise ValueError(f"--flagfiles must name at least two flagfiles to compare; received "
                      f"{list(config.flagfiles)}.")
-  missing = [f for f in config.flagfiles if not os.path.isfile(f)]
-  if missing:
-    raise ValueError(f"--flagfiles: {missing} not found (relative paths are read from the "
-                     f"working directory, {os.getcwd()}).")
+  for flagfile in config.flagfiles:
+    cli.resolve_flagfile(flagfile)   # ValueError naming it and the shipped recipes
   if config.names and len(config.names) != len(config.flagfiles):
     raise ValueError(f"--names must give one name per flagfile ({len(config.flagfiles)}); "
                      f"received {list(config.names)}.")
@@ -112,7 +111,8 @@ def check_config(config: CompareConfig) -> None:
 
 
 def train_command(config: CompareConfig, flagfile: str, workdir: str) -> List[str]:
-  return [sys.executable, "-m", "keras_alexnet.train", f"--flagfile={flagfile}",
+  return [sys.executable, "-m", "keras_alexnet.train",
+          f"--flagfile={cli.resolve_flagfile(flagfile)}",
           f"--data_dir={config.data_dir}", f"--workdir={workdir}", f"--seed={config.seed}",
           *config.train_flags]
 
@@ -277,6 +277,10 @@ def main(argv):
   print("Wrote " + ", ".join(out["files"].values()) + ".")
 
 
+def run():
+  """The command (`python -m keras_alexnet.experiments.compare`, or its console script)."""
+  cli.run(main, define_flags)
+
+
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  run()

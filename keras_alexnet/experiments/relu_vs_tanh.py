@@ -424,6 +424,11 @@ def main(argv):
     raise SystemExit(f"error: {e}") from None
 
 
+def run():
+  """The command (`python -m keras_alexnet.experiments.relu_vs_tanh`, or its console script)."""
+  from keras_alexnet import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main, define_flags)
+
+
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  run()
