@@ -21,8 +21,8 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
-from tfrecords import build
-from tfrecords import image
+from . import build
+from . import image
 
 FLAGS = flags.FLAGS
 

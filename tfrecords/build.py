@@ -35,10 +35,10 @@ from PIL import Image
 
 from keras_alexnet import dataset_info
 from keras_alexnet import features
-from tfrecords import image
-from tfrecords import sources
-from tfrecords import statistics
-from tfrecords.sources import InputError
+from . import image
+from . import sources
+from . import statistics
+from .sources import InputError
 
 BUILDER = "tfrecords.build/1"   # bump when the bytes written for the same input change
 # The Model Garden's shard counts: ~1250 training and ~390 validation images per shard.
@@ -56,7 +56,10 @@ _PROGRESS_EVERY = 16            # images between updates of the shared progress 
 # TensorFlow is imported only where records are written or read (the worker functions): the
 # command answers bad flags or input in a second instead of after TF's import. The forkserver
 # imports it once for all workers.
-_WORKER_PRELOAD = ["tensorflow", "tfrecords.build"]
+# The package first: it imports TF quietly (keras_alexnet/_startup.py). This module by the
+# name it was imported under (tfrecords.build in a checkout, keras_alexnet.tfrecords.build
+# when installed), which is the name its pickled functions carry.
+_WORKER_PRELOAD = ["keras_alexnet", __name__]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -700,5 +703,5 @@ def run() -> None:
 if __name__ == "__main__":
   # Run the functions of the module imported under its own name, so what the worker processes
   # unpickle is tfrecords.build.X (the module the forkserver preloads), not __main__.X.
-  from tfrecords import build as _build
+  from . import build as _build
   _build.run()
