@@ -160,7 +160,7 @@ def format_table(predictions: Sequence[Prediction]) -> str:
   return "\n\n".join(blocks)
 
 
-def run(config: PredictConfig) -> int:
+def predict_and_print(config: PredictConfig) -> int:
   """Prints the predictions; returns the exit code (1 if any image failed)."""
   loaded = load(config.saved_model)
   predictions = predict_files(loaded.signatures[SIGNATURE], image_files(config.paths),
@@ -235,7 +235,7 @@ def main(argv):
   config = PredictConfig(saved_model=f.saved_model, paths=tuple(argv[1:]),
                          batch_size=f.batch_size, json=f.json)
   try:
-    return run(config)
+    return predict_and_print(config)
   except (FileNotFoundError, ValueError) as e:
     print(f"predict: {e}", file=sys.stderr)
     return EXIT_USAGE

@@ -190,8 +190,8 @@ def test_compare_reports_a_failed_run(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"flagfiles": ("flags/smoke.cfg",)}, "at least two flagfiles"),
-    ({"flagfiles": ("flags/smoke.cfg", "flags/nope.cfg")}, "['flags/nope.cfg'] not found"),
-    ({"flagfiles": ("flags/smoke.cfg", "x/smoke.cfg")}, "['x/smoke.cfg'] not found"),
+    ({"flagfiles": ("flags/smoke.cfg", "flags/nope.cfg")}, "'flags/nope.cfg' is neither a file"),
+    ({"flagfiles": ("flags/smoke.cfg", "x/smoke.cfg")}, "'x/smoke.cfg' is neither a file"),
     ({"names": ("a", "a")}, "Two runs would share a workdir"),
     ({"names": ("a",)}, "one name per flagfile (2)"),
     ({"train_flags": ("--seed=1",)}, "must not set ['--seed=1']"),
