@@ -69,6 +69,15 @@ def import_tensorflow_quietly() -> None:
   with _stderr_filtered(level, lambda: not gpus):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     gpus = tf.config.list_physical_devices("GPU")
-  if level >= 1:
-    # TF's Python INFO lines (the SavedModel writer's "Assets written to ...") likewise.
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+  # TF's Python INFO lines likewise: through its own logger, and through absl's, which TF's
+  # SavedModel code logs to ("Sharding callback duration: 10 microseconds", once per save).
+  logging.getLogger("tensorflow").setLevel(logging.WARNING)
+  logging.getLogger("absl").addFilter(_not_tensorflow_info)
+
+
+_TF_SOURCES = (os.sep + "tensorflow" + os.sep, os.sep + "keras" + os.sep)
+
+
+def _not_tensorflow_info(record: logging.LogRecord) -> bool:
+  return record.levelno >= logging.WARNING or not any(
+      part in record.pathname for part in _TF_SOURCES)

@@ -144,7 +144,7 @@ def _env() -> dict:
 def run_tool(module: str, args: Sequence[str], capture: bool = False) -> str:
   """Runs `python -m module args`, output shown live (or captured and returned)."""
   command = [sys.executable, "-m", module, *args]
-  print("$ " + " ".join(command[1:]).replace(sys.executable, "python"), flush=True)
+  print("$ python " + " ".join(command[1:]), flush=True)
   result = subprocess.run(command, env=_env(), text=True,
                           stdout=subprocess.PIPE if capture else None)
   if result.returncode != 0:
