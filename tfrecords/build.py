@@ -6,7 +6,8 @@ r"""Builds TFRecord shards + dataset_info.json from ImageNet as downloaded, or a
 One tf.train.Example per image, with the Model Garden's keys (keras_alexnet.features), labels
 0-based. Images are, as in the paper (Section 2), resized so the shorter side is 256 and
 centre-cropped to 256x256, then stored as JPEG; training-set statistics (mean image, mean RGB,
-RGB covariance and its eigen-pairs) are computed on the way.
+RGB covariance and its eigen-pairs) are computed on the way. Shard counts default to "auto"
+(auto_num_shards): the Model Garden's for ImageNet, else sized by bytes.
 
 Robustness: each shard is written under a temporary name and renamed when complete, together
 with its statistics (in DIR/.build/), so a killed build resumes where it stopped; the output is
