@@ -581,9 +581,14 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
             # Wall time of every session of the run: the closing summary's total.
             "train_seconds": earlier_seconds + time.perf_counter() - session_start}
 
+  # The run's time up to its last checkpoint: what the summary reports, now and on a rerun.
+  saved_seconds = [earlier_seconds]
+
   def save(best=None):
     writers.flush()
-    path = store.save(checkpoint, step, state_dict(), best)
+    state = state_dict()
+    path = store.save(checkpoint, step, state, best)
+    saved_seconds[0] = state["train_seconds"]
     if path:
       logging.info("Saved %s.", path)
 
@@ -688,8 +693,7 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
         raise Stopped(signals.signum, step)
   writers.flush()
   if chief:
-    _log_summary(history, store, epoch, step,
-                 earlier_seconds + time.perf_counter() - session_start)
+    _log_summary(history, store, epoch, step, saved_seconds[0])
   return {"step": step, "epoch": epoch, "validation": last_val, "best_top1_error": best_error}
 
 
