@@ -485,7 +485,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
   if t.batch_size % replicas:
     raise ValueError(f"--batch_size={t.batch_size} (the global batch) is not divisible by the "
                      f"{replicas} replicas of --strategy={t.strategy}; use a multiple of "
-                     f"{replicas}.")
+                     f"{replicas}" + (", or name fewer devices with --devices (auto mirrors "
+                                      "over every GPU)" if t.strategy == "auto" else "") + ".")
   steps_per_epoch = num_train // t.batch_size
   if t.steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, t.steps_per_epoch)

@@ -102,3 +102,16 @@ def test_the_papers_recipe_trains_on_a_one_cpu_machine(tmp_path):
   metadata = checkpointing.read_metadata(str(workdir))
   assert metadata["model_config"]["variant"] == "paper" and metadata["train"]["replicas"] == 1
   assert "Training complete: 1 epochs, 2 steps" in run.stderr
+
+
+def test_auto_mirrored_with_an_indivisible_batch_says_how_to_fix_it(tmp_path, monkeypatch):
+  tiny_data.unique_collective_keys(monkeypatch)
+  data_dir = tiny_data.write_dataset(str(tmp_path / "data"), train=16, validation=8)
+  workdir = tmp_path / "never"
+  # The test net on this process's two logical CPUs: auto mirrors over both.
+  config = _config(data_dir, strategy="auto", batch_size=7)
+  with pytest.raises(ValueError, match=r"--batch_size=7 .* not divisible by the 2 replicas of "
+                     r"--strategy=auto; use a multiple of 2, or name fewer devices with "
+                     r"--devices"):
+    training.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
