@@ -145,6 +145,10 @@ def num_workers(requested: int) -> int:
 # Planning: which images go to which shard.
 
 
+def _imagenet_sized(split: str, num_images: int) -> bool:
+  return abs(num_images - IMAGENET_IMAGES[split]) <= IMAGENET_TOLERANCE * IMAGENET_IMAGES[split]
+
+
 def auto_num_shards(split: str, num_images: int, num_bytes: Optional[int],
                     writers: int) -> tuple[int, str]:
   """(shards, why) for --{split}_shards=auto.
@@ -154,10 +158,9 @@ def auto_num_shards(split: str, num_images: int, num_bytes: Optional[int],
   bytes, at least one per writer (worker processes x hosts, so every writer has a shard) and
   never more shards than images. `num_bytes` may be None for an ImageNet-sized split.
   """
-  reference = IMAGENET_IMAGES[split]
-  if abs(num_images - reference) <= IMAGENET_TOLERANCE * reference:
+  if _imagenet_sized(split, num_images):
     return IMAGENET_SHARDS[split], (
-        f"{num_images:,} images is ImageNet-sized (ILSVRC-2012's {reference:,} "
+        f"{num_images:,} images is ImageNet-sized (ILSVRC-2012's {IMAGENET_IMAGES[split]:,} "
         f"+-{IMAGENET_TOLERANCE:.0%}): the Model Garden's {IMAGENET_SHARDS[split]} shards")
   by_bytes = max(1, math.ceil(num_bytes / TARGET_SHARD_BYTES))
   why = (f"{num_images:,} images of ~{num_bytes / 1e6:,.1f} MB (estimated): {by_bytes} "
@@ -207,9 +210,9 @@ def _shard_counts(source: sources.Source, config: BuildConfig, writers: int) -> 
              else "") + "; auto sizes the shards from the images, so it needs at least one "
           f"(allowed: {', '.join(sources.IMAGE_EXTENSIONS)} files in class folders). Add "
           f"images, or remove the empty {split} folder to build without that split.")
-    imagenet_sized = (abs(len(items) - IMAGENET_IMAGES[split])
-                      <= IMAGENET_TOLERANCE * IMAGENET_IMAGES[split])
-    num_bytes = None if imagenet_sized else _estimated_bytes(items, config.image_size)
+    # No stat of 1.3 M files when the count does not depend on their bytes.
+    num_bytes = (None if _imagenet_sized(split, len(items))
+                 else _estimated_bytes(items, config.image_size))
     num_shards, why = auto_num_shards(split, len(items), num_bytes, writers)
     chosen[split] = {"flag": AUTO, "num_shards": num_shards, "why": "auto: " + why}
   return chosen
@@ -237,26 +240,25 @@ def _shards(source: sources.Source, config: BuildConfig, counts: dict) -> list[_
   return tasks
 
 
-def _keep_auto_counts(counts: dict, record: dict, previous) -> bool:
+def _keep_auto_counts(counts: dict, record: dict, previous) -> None:
   """Adopts the auto shard counts of the build in output_dir (finished or not) when it is
   this build but for them: --num_workers=0 means one writer per core, and a resume on
   another machine (or a host with other cores) must not refuse, nor rebuild, the same data."""
   if not isinstance(previous, dict) or not isinstance(previous.get("num_shards"), dict):
-    return False
+    return
   old = previous["num_shards"]
   if ({k: v for k, v in previous.items() if k != "num_shards"}
       != {k: v for k, v in record.items() if k != "num_shards"} or set(old) != set(counts)
       or old == record["num_shards"]):
-    return False
+    return
   if any(counts[s]["flag"] != AUTO for s in counts if old[s] != counts[s]["num_shards"]):
-    return False
+    return
   for split, meta in counts.items():
     if old[split] != meta["num_shards"]:
       meta["why"] += (f"; {old[split]} kept from the build already in the output folder "
                       "(resumed with other workers)")
       meta["num_shards"] = old[split]
   record["num_shards"] = dict(old)
-  return True
 
 
 def _build_record(source: sources.Source, config: BuildConfig, counts: dict) -> dict:
