@@ -17,7 +17,7 @@ from keras_alexnet import model as model_lib
 from keras_alexnet import optimizer as optimizer_lib
 from keras_alexnet import preprocessing
 
-STRATEGIES = ("one_device", "mirrored", "multi_worker", "two_tower")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "two_tower")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LR_SCHEDULES = ("plateau", "step")
 LR_SCALINGS = ("linear", "none")
@@ -245,9 +245,12 @@ def _define_train_flags(fv):
       d.DEFINE_bool("resume", t.resume, "Continue from the workdir's last checkpoint; "
                         "false: start fresh (old checkpoints are moved aside, not deleted)."),
       # Hardware.
-      d.DEFINE_enum("strategy", t.strategy, STRATEGIES, "one_device | mirrored (local "
-                        "GPUs or --devices) | multi_worker (TF_CONFIG) | two_tower (the "
-                        "paper's split of the towers over two devices)."),
+      # The flag's default is auto (the hardware at hand); a TrainConfig built in code keeps
+      # one_device, so library callers see no change.
+      d.DEFINE_enum("strategy", "auto", STRATEGIES, "auto (two_tower on exactly two GPUs, "
+                        "mirrored on more, else one_device; never multi_worker) | one_device | "
+                        "mirrored (local GPUs or --devices) | multi_worker (TF_CONFIG) | "
+                        "two_tower (the paper's split of the towers over two devices)."),
       d.DEFINE_list("devices", list(t.devices), "Devices for the strategy, e.g. "
                         "/gpu:0,/gpu:1; default: the local GPUs, or the CPU."),
       d.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices "

@@ -29,6 +29,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet import data as ilsvrc
 from keras_alexnet import dataset_info
 from keras_alexnet import features
 from keras_alexnet import preprocessing
@@ -230,7 +231,10 @@ def _resolve(config: DataConfig, counts: bool = True) -> _Source:
     classes = ours.get("classes")
   elif tf.io.gfile.exists(os.path.join(data_dir, "label.labels.txt")):
     with tf.io.gfile.GFile(os.path.join(data_dir, "label.labels.txt")) as f:
-      classes = [[name, name] for name in f.read().split()]
+      classes = _wordnet_names([[name, name] for name in f.read().split()])
+  elif fmt in ("model_garden", "tfds") and config.num_classes in (None, IMAGENET_NUM_CLASSES):
+    classes = _imagenet_classes(fmt, data_dir, files, info if tfds_info else None, first,
+                                label_offset)
   if config.num_classes is not None:
     num_classes = config.num_classes
   elif ours is not None and ours.get("num_classes"):
@@ -255,6 +259,47 @@ def _resolve(config: DataConfig, counts: bool = True) -> _Source:
                                        else None) for split in SPLITS} if counts else {}
   return _Source(format=fmt, label_offset=label_offset, num_classes=num_classes,
                  image_size=image_size, classes=classes, num_examples=num_examples, info=ours)
+
+
+def _wordnet_names(classes: list) -> list:
+  """[wnid, wnid] pairs with the packaged WordNet names, when every id is an ILSVRC-2012 wnid
+  (TFDS's label.labels.txt lists the ids only); other ids stay as they are."""
+  names = dict(ilsvrc.ilsvrc2012_classes())
+  if not all(wnid in names for wnid, _ in classes):
+    return classes
+  return [[wnid, names[wnid]] for wnid, _ in classes]
+
+
+def _first_label_and_synset(path: str):
+  record = next(iter(tf.data.TFRecordDataset(path).take(1))).numpy()
+  feature = tf.train.Example.FromString(record).features.feature
+  label = feature[features.LABEL].int64_list.value
+  synset = feature[features.SYNSET].bytes_list.value if features.SYNSET in feature else []
+  return (int(label[0]) if label else None), (synset[0].decode() if synset else None)
+
+
+def _imagenet_classes(fmt, data_dir, files, tfds_info, first, label_offset):
+  """The packaged 1000 ILSVRC-2012 classes (wnid, WordNet name) for ImageNet shards that do
+  not name their classes, when what they hold says their labels are those classes in the
+  usual sorted-wnid order; otherwise None (predictions then show label numbers).
+
+  - tfds: TFDS's imagenet2012 family (its dataset_info.json's name, or shards named
+    imagenet2012-<split>.tfrecord-*), whose label feature is the sorted wnids.
+  - model_garden: the first record's image/class/synset is the packaged wnid of its label.
+  """
+  packaged = [list(c) for c in ilsvrc.ilsvrc2012_classes()]
+  if fmt == "tfds":
+    name = str((tfds_info or {}).get("name", ""))
+    shard_names = [os.path.basename(f) for split in SPLITS for f in files[split]]
+    if name.startswith("imagenet2012") or (
+        not name and all(n.startswith("imagenet2012-") for n in shard_names)):
+      return packaged
+    return None
+  label, synset = _first_label_and_synset(first)
+  if label is not None and 0 <= label - label_offset < len(packaged) and (
+      synset == packaged[label - label_offset][0]):
+    return packaged
+  return None
 
 
 def _num_examples(data_dir, split, files, ours, tfds_info):

@@ -73,9 +73,66 @@ def _check_devices(devices):
                      f"{sorted(d.name for d in tf.config.list_logical_devices())}.")
 
 
-def make_strategy(train: config_lib.TrainConfig):
-  """(strategy, the model's two tower devices or None) for --strategy."""
+def auto_strategy(gpus, cpus, devices=(), paper_net=True) -> tuple:
+  """(strategy, devices, why) that --strategy=auto picks among the logical devices.
+
+  The rule counts GPUs; without GPUs it counts the logical CPU devices, which exist only when
+  the user split the CPU with --num_cpu_devices to try the strategies (a plain CPU is one
+  device); --devices, when given, are the devices counted. Exactly two: the paper's
+  two_tower split (section 3.2), or mirrored for a net without towers (--tiny_model,
+  --variant=one_tower); more: mirrored over all of them; one: one_device.
+  """
+  if devices:
+    found = list(devices)
+    count = f"--devices names {len(found)} device(s) ({', '.join(found)})"
+  elif gpus:
+    found = list(gpus)
+    count = f"this machine has {len(found)} GPU(s) ({', '.join(found)})"
+  elif len(cpus) >= 2:
+    found = list(cpus)
+    count = (f"this machine has no GPU and {len(found)} logical CPU devices "
+             f"({', '.join(found)}; --num_cpu_devices)")
+  else:
+    found = list(cpus[:1]) or ["/cpu:0"]
+    count = f"this machine has no GPU and one CPU device ({found[0]})"
+  if len(found) == 2 and paper_net:
+    return "two_tower", found, (f"{count}: the paper's split, tower a on {found[0]} and "
+                                f"tower b on {found[1]}")
+  if len(found) >= 2:
+    return "mirrored", found, f"{count}: one replica on each" + (
+        "" if paper_net else " (two_tower needs the paper's two-tower net)")
+  return "one_device", found, f"{count}: one replica"
+
+
+def _refuse_auto_under_tf_config():
+  tf_config = os.environ.get("TF_CONFIG")
+  if tf_config:
+    raise ValueError(
+        "--strategy=auto never chooses multi-worker training, but TF_CONFIG is set "
+        f"({tf_config[:200]!r}). Pass --strategy=multi_worker to train on every worker of "
+        "TF_CONFIG, or unset TF_CONFIG and pass --strategy=auto (or one_device, mirrored, "
+        "two_tower) to train on this machine alone.")
+
+
+def make_strategy(train: config_lib.TrainConfig, paper_net: bool = True):
+  """(strategy, the model's two tower devices or None) for --strategy.
+
+  paper_net: the model has the paper's two towers (what --strategy=auto needs to choose
+  two_tower).
+  """
   devices = list(train.devices)
+  if train.strategy == "auto":
+    _refuse_auto_under_tf_config()
+    if devices:
+      _check_devices(devices)
+    name, chosen, why = auto_strategy(
+        [d.name for d in tf.config.list_logical_devices("GPU")],
+        [d.name for d in tf.config.list_logical_devices("CPU")], devices,
+        paper_net and not train.tiny_model)
+    logging.info("--strategy=auto chose %s: %s. To force another, pass --strategy=%s (and "
+                 "--devices=... to name the devices).", name, why,
+                 "|".join(s for s in config_lib.STRATEGIES if s not in ("auto", name)))
+    return make_strategy(dataclasses.replace(train, strategy=name, devices=tuple(chosen)))
   if train.strategy == "multi_worker":
     # First: listing devices would start TF's runtime, after which collectives cannot be set up.
     tf_config = os.environ.get("TF_CONFIG")
@@ -101,6 +158,11 @@ def make_strategy(train: config_lib.TrainConfig):
   if train.strategy == "mirrored":
     # No GPUs: every logical CPU (see --num_cpu_devices), where TF's default takes one.
     devices = devices or gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
+    if len(devices) == 1:
+      logging.warning("--strategy=mirrored over one device (%s) runs one replica, as "
+                      "--strategy=one_device does. For more, use a machine with several GPUs, "
+                      "name them with --devices, or split the CPU with --num_cpu_devices=N.",
+                      devices[0])
     return tf.distribute.MirroredStrategy(devices), None
   if train.strategy == "two_tower":
     if not devices:
@@ -389,6 +451,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
   """
   config_lib.check_train_config(config)
   t = config.train
+  if t.strategy == "auto":
+    _refuse_auto_under_tf_config()   # Before anything is read.
   strategy = None
   if t.strategy == "multi_worker":
     # Collective ops must be set up before TF runs anything, e.g. reading the dataset below.
@@ -416,12 +480,13 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
            else preprocessing.statistics_from_dataset_info(config.data.data_dir))
 
   if strategy is None:
-    strategy, tower_devices = make_strategy(t)
+    strategy, tower_devices = make_strategy(t, paper_net=config.model.variant == "paper")
   replicas = strategy.num_replicas_in_sync
   if t.batch_size % replicas:
     raise ValueError(f"--batch_size={t.batch_size} (the global batch) is not divisible by the "
                      f"{replicas} replicas of --strategy={t.strategy}; use a multiple of "
-                     f"{replicas}.")
+                     f"{replicas}" + (", or name fewer devices with --devices (auto mirrors "
+                                      "over every GPU)" if t.strategy == "auto" else "") + ".")
   steps_per_epoch = num_train // t.batch_size
   if t.steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, t.steps_per_epoch)
@@ -480,15 +545,23 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
 
   schedule = optimizer_lib.make_schedule(t.schedule, peak_lr)
   state = store.restore(checkpoint) if t.resume else None
+  session_start = time.perf_counter()
   if state:
     schedule.restore(state["schedule"])
     step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch"]
     best_error, history = state.get("best_top1_error"), state.get("history", [])
-    logging.info("Resuming at step %d: epoch %d, batch %d of %d, learning rate %g.", step,
-                 epoch + 1, batch_in_epoch, steps_per_epoch, _learning_rate(optimizer))
+    earlier_seconds = float(state.get("train_seconds", 0.0))
+    if epoch >= t.epochs:
+      logging.info("%s holds a complete run: %d of --epochs=%d done (step %d); nothing to "
+                   "train. Raise --epochs to train on, or pass --resume=false to start afresh "
+                   "(the old checkpoints are moved aside).", workdir, epoch, t.epochs, step)
+    else:
+      logging.info("Resuming at step %d: epoch %d, batch %d of %d, learning rate %g.", step,
+                   epoch + 1, batch_in_epoch, steps_per_epoch, _learning_rate(optimizer))
   else:
     step = epoch = batch_in_epoch = 0
     best_error, history = None, []
+    earlier_seconds = 0.0
     optimizer.learning_rate = schedule.learning_rate(0)
     logging.info("Starting afresh: %d epochs of %d steps, global batch %d on %d replica(s), "
                  "learning rate %g.", t.epochs, steps_per_epoch, t.batch_size,
@@ -505,11 +578,18 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
     return {"step": step, "epoch": epoch, "batch": batch_in_epoch,
             "steps_per_epoch": steps_per_epoch, "batch_size": t.batch_size,
             "learning_rate": _learning_rate(optimizer), "schedule": schedule.state(),
-            "best_top1_error": best_error, "history": history}
+            "best_top1_error": best_error, "history": history,
+            # Wall time of every session of the run: the closing summary's total.
+            "train_seconds": earlier_seconds + time.perf_counter() - session_start}
+
+  # The run's time up to its last checkpoint: what the summary reports, now and on a rerun.
+  saved_seconds = [earlier_seconds]
 
   def save(best=None):
     writers.flush()
-    path = store.save(checkpoint, step, state_dict(), best)
+    state = state_dict()
+    path = store.save(checkpoint, step, state, best)
+    saved_seconds[0] = state["train_seconds"]
     if path:
       logging.info("Saved %s.", path)
 
@@ -540,6 +620,7 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
         dataset_fn(epoch, batch_in_epoch)))
   with _SignalFlag() as signals:
     while epoch < t.epochs:
+      epoch_start = time.perf_counter()
       progbar = (keras.utils.Progbar(steps_per_epoch, stateful_metrics=["img/s", "lr"])
                  if chief and sys.stdout.isatty() else None)
       window = np.zeros(4)   # loss sum, top-1 hits, top-5 hits, steps
@@ -573,7 +654,8 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
                                           ("lr", _learning_rate(optimizer))])
         if step % t.log_every_steps == 0 or batch_in_epoch == steps_per_epoch:
           _log_window(writers, window, timed_steps, window_start, step, epoch, batch_in_epoch,
-                      steps_per_epoch, t.batch_size, _learning_rate(optimizer), chief)
+                      steps_per_epoch, t.batch_size, _learning_rate(optimizer), chief,
+                      steps_left=t.epochs * steps_per_epoch - step)
           window, window_start, timed_steps = np.zeros(4), time.perf_counter(), 0
         if stop:
           save()
@@ -582,6 +664,7 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
           save()
 
       # End of the epoch: validation, the schedule, a checkpoint.
+      validation_start = time.perf_counter()
       val = {}
       if has_validation:
         val = evaluate_split(eval_step, strategy, config.data, t.batch_size, t.eval_steps,
@@ -590,12 +673,16 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
       if improved:
         best_error = val["top1_error"]
       lr = _learning_rate(optimizer)
-      if schedule.update(epoch, val.get("top1_error")):
+      # After the last epoch there is no epoch for a new rate: the schedule stays as it is.
+      if epoch + 1 < t.epochs and schedule.update(epoch, val.get("top1_error")):
         logging.info("Validation error stopped improving: learning rate %g -> %g.", lr,
                      schedule.learning_rate(epoch + 1))
       history.append({"epoch": epoch + 1, "step": step, "learning_rate": lr, "validation": val})
       _summarize_epoch(writers, model, val, step, t.summary_images)
-      logging.info("Epoch %d/%d done at step %d: validation %s.", epoch + 1, t.epochs, step,
+      now = time.perf_counter()
+      logging.info("Epoch %d/%d done at step %d in %s (validation %.1f s): validation %s.",
+                   epoch + 1, t.epochs, step, _duration(now - epoch_start),
+                   now - validation_start,
                    ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in val.items()) or "skipped")
       epoch += 1
@@ -606,7 +693,35 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
       if signals.signum:
         raise Stopped(signals.signum, step)
   writers.flush()
+  if chief:
+    _log_summary(history, store, epoch, step, saved_seconds[0])
   return {"step": step, "epoch": epoch, "validation": last_val, "best_top1_error": best_error}
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _log_summary(history, store, epochs, step, seconds):
+  """The closing lines: the best validation epoch, the run's total time, the best checkpoint.
+
+  The best epoch is the one of the lowest top-1 error, as for the "best" checkpoint."""
+  logging.info("Training complete: %d epochs, %d steps in %s (all sessions of the run).",
+               epochs, step, _duration(seconds))
+  validated = [h for h in history if h.get("validation")]
+  if not validated:
+    logging.info("No validation results, so no best checkpoint; the latest is %s.",
+                 store.path(step) if store.steps() else "none")
+    return
+  best = min(validated, key=lambda h: h["validation"]["top1_error"])
+  marked = store.best()
+  where = (store.path(int(marked["step"])) if marked and int(marked["step"]) in store.steps()
+           else "not kept")
+  logging.info("Best validation: top-1 error %.4f, top-5 error %.4f at epoch %d (step %d); "
+               "best checkpoint: %s.", best["validation"]["top1_error"],
+               best["validation"].get("top5_error", float("nan")), best["epoch"], best["step"],
+               where)
 
 
 def _chain_epochs(epochs):
@@ -628,7 +743,7 @@ def _chain_epochs(epochs):
 
 
 def _log_window(writers, window, timed_steps, start, step, epoch, batch, steps_per_epoch,
-                global_batch, lr, chief):
+                global_batch, lr, chief, steps_left=0):
   """Training scalars averaged over the steps since the last log line."""
   loss_sum, top1, top5, steps = window
   n = steps * global_batch
@@ -642,10 +757,13 @@ def _log_window(writers, window, timed_steps, start, step, epoch, batch, steps_p
     if images_per_second:
       tf.summary.scalar("images_per_second", images_per_second)
   if chief:
+    # ETA: the steps left at the rate since the last log line (validation not included).
+    eta = (_duration(steps_left * seconds / timed_steps) if timed_steps and steps_left
+           else "-" if steps_left else "0:00:00")
     logging.info("step %d (epoch %d, %d/%d): loss %.4f, top-1 error %.4f, top-5 error %.4f, "
-                 "lr %g, %s images/s", step, epoch + 1, batch, steps_per_epoch, loss_sum / n,
-                 1 - top1 / n, 1 - top5 / n, lr,
-                 f"{images_per_second:.1f}" if images_per_second else "-")
+                 "lr %g, %s images/s, ETA %s (%d steps left)", step, epoch + 1, batch,
+                 steps_per_epoch, loss_sum / n, 1 - top1 / n, 1 - top5 / n, lr,
+                 f"{images_per_second:.1f}" if images_per_second else "-", eta, steps_left)
 
 
 def _summarize_inputs(writers, strategy, images, stats, augment, seed, step):

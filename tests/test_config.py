@@ -48,7 +48,7 @@ def test_paper_cfg_is_the_papers_recipe_and_later_flags_override(parse):
   assert t.batch_size == 256 and t.peak_learning_rate() == pytest.approx(0.02)
   assert t.schedule.kind == "plateau" and t.schedule.max_drops == 3
   assert t.schedule.factor == 0.1 and not t.decay_biases
-  assert t.strategy == "two_tower" and t.precision == "float32"
+  assert t.strategy == "auto" and t.precision == "float32"   # two_tower on two GPUs
   m = config.model
   assert (m.variant, m.activation, m.lrn, m.pooling, m.dropout, m.init, m.remove) == (
       "paper", "relu", True, "overlapping", 0.5, "paper", ())
@@ -75,7 +75,7 @@ def test_defaults_without_flagfile_are_the_paper(parse):
   t = config_lib.config_from_flags(parse("--data_dir=/d", "--workdir=/w")).train
   assert (t.batch_size, t.learning_rate, t.momentum, t.weight_decay, t.epochs) == (
       128, 0.01, 0.9, 0.0005, 90)
-  assert t.strategy == "one_device" and t.resume
+  assert t.strategy == "auto" and t.resume
 
 
 @pytest.mark.parametrize("args, match", [

@@ -6,7 +6,8 @@ r"""Builds TFRecord shards + dataset_info.json from ImageNet as downloaded, or a
 One tf.train.Example per image, with the Model Garden's keys (keras_alexnet.features), labels
 0-based. Images are, as in the paper (Section 2), resized so the shorter side is 256 and
 centre-cropped to 256x256, then stored as JPEG; training-set statistics (mean image, mean RGB,
-RGB covariance and its eigen-pairs) are computed on the way.
+RGB covariance and its eigen-pairs) are computed on the way. Shard counts default to "auto"
+(auto_num_shards): the Model Garden's for ImageNet, else sized by bytes.
 
 Robustness: each shard is written under a temporary name and renamed when complete, together
 with its statistics (in DIR/.build/), so a killed build resumes where it stopped; the output is
@@ -18,6 +19,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -26,7 +28,7 @@ import shutil
 import socket
 import sys
 import time
-from typing import Optional
+from typing import Optional, Union
 
 from absl import logging
 import numpy as np
@@ -41,9 +43,28 @@ from . import statistics
 from .sources import InputError
 
 BUILDER = "tfrecords.build/1"   # bump when the bytes written for the same input change
-# The Model Garden's shard counts: ~1250 training and ~390 validation images per shard.
-DEFAULT_TRAIN_SHARDS = 1024
-DEFAULT_VALIDATION_SHARDS = 128
+# --train_shards / --validation_shards: "auto" (see auto_num_shards) or a number.
+AUTO = "auto"
+DEFAULT_TRAIN_SHARDS = AUTO
+DEFAULT_VALIDATION_SHARDS = AUTO
+MAX_SHARDS = 99_999             # five digits in train-00000-of-NNNNN
+# The Model Garden's shard counts for ILSVRC-2012 (~1250 training and ~390 validation images
+# per shard), kept for an ImageNet-sized split so its files are named as every ImageNet
+# reader (the Model Garden's, TFDS's, this one) expects: train-00000-of-01024.
+IMAGENET_SHARDS = {"train": 1024, "validation": 128}
+# ILSVRC-2012's split sizes. A split within 10% of its size is "ImageNet-sized": that covers
+# the release with images removed or added (e.g. the 1,762 blacklisted validation images, or
+# a few thousand duplicates), not a subset (ImageNet-100) nor a much larger set (ImageNet-21k),
+# which get byte-sized shards.
+IMAGENET_IMAGES = {"train": 1_281_167, "validation": 50_000}
+IMAGENET_TOLERANCE = 0.10
+# Otherwise shards of about this size: TFDS's performance guide recommends 100-200 MB per
+# shard (tensorflow.org/datasets/performances), big enough to read at full speed, small enough
+# to spread over readers and hosts.
+TARGET_SHARD_BYTES = 128 << 20
+# Estimated stored bytes per pixel of a resized image: a JPEG of a photograph at quality 95
+# takes about 0.5-1 byte per pixel; an estimate, only the shard count's order matters.
+BYTES_PER_STORED_PIXEL = 0.75
 DEFAULT_IMAGE_SIZE = 256        # Section 2
 DEFAULT_JPEG_QUALITY = 95
 STATE_DIR = ".build"            # per-shard statistics of an unfinished build
@@ -70,8 +91,8 @@ class BuildConfig:
   layout: str = "auto"                   # one of sources.LAYOUTS
   image_size: Optional[int] = DEFAULT_IMAGE_SIZE   # None: keep the original pixels
   jpeg_quality: int = DEFAULT_JPEG_QUALITY
-  train_shards: int = DEFAULT_TRAIN_SHARDS
-  validation_shards: int = DEFAULT_VALIDATION_SHARDS
+  train_shards: Union[int, str] = DEFAULT_TRAIN_SHARDS     # a number, or "auto"
+  validation_shards: Union[int, str] = DEFAULT_VALIDATION_SHARDS
   seed: int = 0
   classes_file: Optional[str] = None
   validation_labels_file: Optional[str] = None
@@ -101,8 +122,9 @@ def _check_config(config: BuildConfig) -> None:
   if config.image_size is not None and config.image_size < 1:
     problems.append(f"--resize={config.image_size} must be a positive size or 'none'")
   for name in ("train_shards", "validation_shards"):
-    if not 1 <= getattr(config, name) <= 99_999:
-      problems.append(f"--{name}={getattr(config, name)} must be in 1..99999")
+    value = getattr(config, name)
+    if value != AUTO and not (isinstance(value, int) and 1 <= value <= MAX_SHARDS):
+      problems.append(f"--{name}={value} must be 'auto' or a number in 1..{MAX_SHARDS}")
   if config.num_workers < 0:
     problems.append(f"--num_workers={config.num_workers} must be >= 0 (0: one per core)")
   if not 0 <= config.host_index < config.num_hosts:
@@ -126,19 +148,91 @@ def num_workers(requested: int) -> int:
 # Planning: which images go to which shard.
 
 
-def _shards(source: sources.Source, config: BuildConfig) -> list[_ShardTask]:
+def _imagenet_sized(split: str, num_images: int) -> bool:
+  return abs(num_images - IMAGENET_IMAGES[split]) <= IMAGENET_TOLERANCE * IMAGENET_IMAGES[split]
+
+
+def auto_num_shards(split: str, num_images: int, num_bytes: Optional[int],
+                    writers: int) -> tuple[int, str]:
+  """(shards, why) for --{split}_shards=auto.
+
+  An ImageNet-sized split (within IMAGENET_TOLERANCE of ILSVRC-2012's count) gets the Model
+  Garden's count; any other split one shard per TARGET_SHARD_BYTES of its estimated stored
+  bytes, at least one per writer (worker processes x hosts, so every writer has a shard) and
+  never more shards than images. `num_bytes` may be None for an ImageNet-sized split.
+  """
+  if _imagenet_sized(split, num_images):
+    return IMAGENET_SHARDS[split], (
+        f"{num_images:,} images is ImageNet-sized (ILSVRC-2012's {IMAGENET_IMAGES[split]:,} "
+        f"+-{IMAGENET_TOLERANCE:.0%}): the Model Garden's {IMAGENET_SHARDS[split]} shards")
+  by_bytes = max(1, math.ceil(num_bytes / TARGET_SHARD_BYTES))
+  why = (f"{num_images:,} images of ~{num_bytes / 1e6:,.1f} MB (estimated): {by_bytes} "
+         f"shard(s) of at most {TARGET_SHARD_BYTES >> 20} MiB")
+  shards = by_bytes
+  if shards < writers:
+    shards = min(writers, num_images)
+    why += f", raised to {shards} for the {writers} writers (workers x hosts)"
+    if shards < writers:
+      why += " as far as the images allow"
+  if shards > min(num_images, MAX_SHARDS):
+    shards = min(num_images, MAX_SHARDS)
+    why += f", capped at {shards}"
+  return shards, why
+
+
+def _estimated_bytes(items, image_size: Optional[int]) -> int:
+  """What the split's images will take in the shards, from their sizes on disk: the original
+  bytes (--resize=none), or at most a resized JPEG's (BYTES_PER_STORED_PIXEL)."""
+  cap = (BYTES_PER_STORED_PIXEL * image_size * image_size if image_size else float("inf"))
+  total = 0
+  for item in items:
+    size = item.size if item.size >= 0 else os.path.getsize(item.path)
+    total += min(size, cap)
+  return int(total)
+
+
+def _shard_counts(source: sources.Source, config: BuildConfig, writers: int) -> dict:
+  """{split: {"flag": the flag's value, "num_shards": N, "why": ...}} for the splits with
+  images. Depends only on the input, the flags and `writers`: the same on a resume."""
+  chosen = {}
+  for split in sources.SPLITS:
+    if split not in source.splits:
+      continue
+    items = source.splits[split]
+    flag = "train_shards" if split == "train" else "validation_shards"
+    value = getattr(config, flag)
+    if value != AUTO:
+      if items:
+        chosen[split] = {"flag": value, "num_shards": value, "why": f"--{flag}={value}"}
+      continue
+    if not items:
+      rejected = source.rejected.get(split, [])
+      raise InputError(
+          f"--{flag}=auto: the {split} split of --input={config.input} holds no images"
+          + (f" ({len(rejected)} files are not images, e.g. {rejected[0][0]!r})" if rejected
+             else "") + "; auto sizes the shards from the images, so it needs at least one "
+          f"(allowed: {', '.join(sources.IMAGE_EXTENSIONS)} files in class folders). Add "
+          f"images, or remove the empty {split} folder to build without that split.")
+    # No stat of 1.3 M files when the count does not depend on their bytes.
+    num_bytes = (None if _imagenet_sized(split, len(items))
+                 else _estimated_bytes(items, config.image_size))
+    num_shards, why = auto_num_shards(split, len(items), num_bytes, writers)
+    chosen[split] = {"flag": AUTO, "num_shards": num_shards, "why": "auto: " + why}
+  return chosen
+
+
+def _shards(source: sources.Source, config: BuildConfig, counts: dict) -> list[_ShardTask]:
   """Every shard of the dataset, train first; images in a seeded shuffled order, balanced."""
-  counts = {"train": config.train_shards, "validation": config.validation_shards}
   tasks = []
   for split in sources.SPLITS:
     items = source.splits.get(split)
     if not items:
       continue
-    num_shards = counts[split]
+    num_shards = counts[split]["num_shards"]
     if num_shards > len(items):
       flag = "train_shards" if split == "train" else "validation_shards"
       raise InputError(f"--{flag}={num_shards} is more than the {len(items)} {split} images; "
-                       f"pass --{flag}=N with N <= {len(items)}")
+                       f"pass --{flag}=N with N <= {len(items)}, or --{flag}=auto")
     # random.Random with a str seed hashes it with SHA-512: the same order on every platform.
     order = list(items)
     random.Random(f"{config.seed}/{split}").shuffle(order)
@@ -149,7 +243,28 @@ def _shards(source: sources.Source, config: BuildConfig) -> list[_ShardTask]:
   return tasks
 
 
-def _build_record(source: sources.Source, config: BuildConfig) -> dict:
+def _keep_auto_counts(counts: dict, record: dict, previous) -> None:
+  """Adopts the auto shard counts of the build in output_dir (finished or not) when it is
+  this build but for them: --num_workers=0 means one writer per core, and a resume on
+  another machine (or a host with other cores) must not refuse, nor rebuild, the same data."""
+  if not isinstance(previous, dict) or not isinstance(previous.get("num_shards"), dict):
+    return
+  old = previous["num_shards"]
+  if ({k: v for k, v in previous.items() if k != "num_shards"}
+      != {k: v for k, v in record.items() if k != "num_shards"} or set(old) != set(counts)
+      or old == record["num_shards"]):
+    return
+  if any(counts[s]["flag"] != AUTO for s in counts if old[s] != counts[s]["num_shards"]):
+    return
+  for split, meta in counts.items():
+    if old[split] != meta["num_shards"]:
+      meta["why"] += (f"; {old[split]} kept from the build already in the output folder "
+                      "(resumed with other workers)")
+      meta["num_shards"] = old[split]
+  record["num_shards"] = dict(old)
+
+
+def _build_record(source: sources.Source, config: BuildConfig, counts: dict) -> dict:
   """What determines the bytes written: a build with a different record may not mix in."""
   listing = hashlib.sha256()
   for split in sorted(source.splits):
@@ -165,9 +280,7 @@ def _build_record(source: sources.Source, config: BuildConfig) -> dict:
       "resize": config.image_size if config.image_size else "none",
       "jpeg_quality": config.jpeg_quality,
       "seed": config.seed,
-      "num_shards": {s: n for s, n in (("train", config.train_shards),
-                                       ("validation", config.validation_shards))
-                     if source.splits.get(s)},
+      "num_shards": {s: meta["num_shards"] for s, meta in counts.items()},
       "classes_file": config.classes_file and os.path.abspath(config.classes_file),
       "validation_labels_file": (config.validation_labels_file
                                  and os.path.abspath(config.validation_labels_file)),
@@ -197,12 +310,8 @@ def _differences(old: dict, new: dict) -> str:
   return "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys)
 
 
-def _prepare_output(config: BuildConfig, record: dict) -> Optional[dict]:
-  """Checks output_dir against this build; returns its dataset_info if already complete.
-
-  Raises InputError (nothing touched) when it holds another build and --overwrite is not set.
-  """
-  out = config.output_dir
+def _previous_build(out: str) -> tuple[Optional[dict], Optional[dict]]:
+  """(dataset_info of a finished build or None, the record of the build in `out` or None)."""
   try:
     info = dataset_info.read(out)
   except ValueError as e:
@@ -215,8 +324,17 @@ def _prepare_output(config: BuildConfig, record: dict) -> Optional[dict]:
         state = json.load(f)
     except (OSError, ValueError):
       state = {"unreadable": state_path}
+  return info, (info.get("build") if info else state)
+
+
+def _prepare_output(config: BuildConfig, record: dict) -> Optional[dict]:
+  """Checks output_dir against this build; returns its dataset_info if already complete.
+
+  Raises InputError (nothing touched) when it holds another build and --overwrite is not set.
+  """
+  out = config.output_dir
+  info, previous = _previous_build(out)
   existing = _our_files(out)
-  previous = info.get("build") if info else state
   if previous == record:
     if info is None:
       return None     # an unfinished build of the same dataset: resume it
@@ -364,7 +482,7 @@ class _Progress:
 
 
 def _finalize(tasks: list[_ShardTask], source: sources.Source, config: BuildConfig,
-              record: dict) -> dict:
+              record: dict, counts: dict) -> dict:
   out = config.output_dir
   splits, skipped = {}, []
   train_stats = statistics.PixelStatistics(config.image_size)
@@ -404,6 +522,8 @@ def _finalize(tasks: list[_ShardTask], source: sources.Source, config: BuildConf
       "mean_image": dataset_info.MEAN_IMAGE_FILENAME if mean_image is not None else None,
       "num_train_images_in_statistics": train_stats.num_images,
       "build": record,
+      # What --train_shards / --validation_shards chose, and why.
+      "shards": {split: dict(meta) for split, meta in counts.items()},
       **train_stats.summary(),
   }
   # dataset_info.json last: its presence means the build is complete.
@@ -475,11 +595,15 @@ def build(config: BuildConfig) -> Optional[dict]:
     started = time.monotonic()
     source = sources.find_source(config.input, config.layout, config.classes_file,
                                  config.validation_labels_file, map_fn)
-    tasks = _shards(source, config)
-    record = _build_record(source, config)
+    counts = _shard_counts(source, config, workers * config.num_hosts)
+    record = _build_record(source, config, counts)
+    _keep_auto_counts(counts, record, _previous_build(config.output_dir)[1])
+    tasks = _shards(source, config, counts)
     logging.info("Found %s in %.1f s (%s layout, %d classes).", ", ".join(
         f"{len(v):,} {k} images" for k, v in source.splits.items()),
         time.monotonic() - started, source.layout, len(source.classes))
+    for split, meta in counts.items():
+      logging.info("%s: %d shards (%s).", split, meta["num_shards"], meta["why"])
     info = _prepare_output(config, record)
     if info is not None:
       logging.info("%s already holds this dataset, complete; nothing to do.", config.output_dir)
@@ -520,7 +644,7 @@ def build(config: BuildConfig) -> Optional[dict]:
                  dataset_info.FILENAME)
     return None
   try:
-    info = _finalize(tasks, source, config, record)
+    info = _finalize(tasks, source, config, record, counts)
   except FileNotFoundError:
     # Another host found every shard complete at the same time, finalized first and removed
     # the per-shard sums: its dataset_info.json is this build's.
@@ -633,6 +757,17 @@ def verify(output_dir: str, workers: int = 0, progress: bool = True) -> list[str
 # Command line.
 
 
+def parse_shards(name: str, value: str) -> Union[int, str]:
+  """The value of --train_shards / --validation_shards: "auto" or a number of shards."""
+  text = value.strip().lower()
+  if text == AUTO:
+    return AUTO
+  if text.isdigit() and 1 <= int(text) <= MAX_SHARDS:
+    return int(text)
+  raise SystemExit(f"error: --{name}={value}: expected 'auto' or a number of shards in "
+                   f"1..{MAX_SHARDS}")
+
+
 def main(argv) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
@@ -644,7 +779,8 @@ def main(argv) -> None:
   config = BuildConfig(
       input=FLAGS.input, output_dir=FLAGS.output_dir, layout=FLAGS.layout,
       image_size=None if resize == "none" else int(resize), jpeg_quality=FLAGS.jpeg_quality,
-      train_shards=FLAGS.train_shards, validation_shards=FLAGS.validation_shards,
+      train_shards=parse_shards("train_shards", FLAGS.train_shards),
+      validation_shards=parse_shards("validation_shards", FLAGS.validation_shards),
       seed=FLAGS.seed, classes_file=FLAGS.classes_file,
       validation_labels_file=FLAGS.validation_labels_file, num_workers=FLAGS.num_workers,
       host_index=FLAGS.host_index, num_hosts=FLAGS.num_hosts, overwrite=FLAGS.overwrite,
@@ -676,8 +812,11 @@ def _define_flags() -> None:
   flags.DEFINE_string("resize", str(DEFAULT_IMAGE_SIZE), "Shorter side resized to N, then the "
                       "central NxN crop (the paper: 256); 'none' keeps the original pixels.")
   flags.DEFINE_integer("jpeg_quality", DEFAULT_JPEG_QUALITY, "JPEG quality of re-encoded images.")
-  flags.DEFINE_integer("train_shards", DEFAULT_TRAIN_SHARDS, "Training shards.")
-  flags.DEFINE_integer("validation_shards", DEFAULT_VALIDATION_SHARDS, "Validation shards.")
+  flags.DEFINE_string("train_shards", DEFAULT_TRAIN_SHARDS, "Training shards: a number, or "
+                      "auto: 1024 for ImageNet-sized, else ~128 MiB each, at least one per "
+                      "worker x host, at most one per image.")
+  flags.DEFINE_string("validation_shards", DEFAULT_VALIDATION_SHARDS, "Validation shards: a "
+                      "number, or auto (128 for ImageNet-sized, else as --train_shards).")
   flags.DEFINE_integer("seed", 0, "Seed of the order of images across shards.")
   flags.DEFINE_string("classes_file", None, "'class_id<TAB>name' lines replacing the packaged "
                       "1000 ILSVRC-2012 classes (or naming class folders).")
