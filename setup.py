@@ -31,6 +31,8 @@ setup(
         "serving": ["tensorflow-serving-api>=2.16,<2.22"],
         # PNG plots of the paper's experiments.
         "plot": ["matplotlib>=3.7"],
-        "test": ["pytest>=7"],
+        # ILSVRC-2010's devkit meta.mat (tfrecords/releases.py); a text mapping needs nothing.
+        "ilsvrc2010": ["scipy>=1.9"],
+        "test": ["pytest>=7", "scipy>=1.9"],
     },
 )

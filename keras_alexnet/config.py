@@ -83,6 +83,7 @@ class EvalConfig:
   batch_size: int = PAPER_BATCH_SIZE
   eval_steps: int = 0
   output: Optional[str] = None          # JSON path; None: <first workdir>/evaluation.json.
+  split: str = "validation"             # "test": ILSVRC-2010's test split (Table 1).
 
 
 def check_train_config(config: Config) -> None:
@@ -293,6 +294,8 @@ def _define_evaluate_flags(fv):
                         "of section 4.1, softmax averaged."),
       d.DEFINE_string("output", None, "Results JSON; default: evaluation.json in the "
                           "first workdir (or beside the checkpoint)."),
+      d.DEFINE_enum("split", e.split, ("validation", "test"), "The split evaluated; test: "
+                        "ILSVRC-2010's (Table 1), built by tfrecords.build --layout=ilsvrc2010."),
   )
 
 
@@ -370,7 +373,7 @@ def eval_config_from_flags(f: flags.FlagValues) -> EvalConfig:
     raise ValueError(f"--batch_size must be >= 1; received {f.batch_size}.")
   return EvalConfig(workdirs=tuple(f.workdirs), checkpoint=f.checkpoint, which=f.which,
                     data_dir=f.data_dir, views=views, batch_size=f.batch_size,
-                    eval_steps=f.eval_steps, output=f.output)
+                    eval_steps=f.eval_steps, output=f.output, split=f.split)
 
 
 def flags_text(f: flags.FlagValues, argv=()) -> str:

@@ -36,6 +36,7 @@ from PIL import Image
 from keras_alexnet import dataset_info
 from keras_alexnet import features
 from tfrecords import image
+from tfrecords import releases
 from tfrecords import sources
 from tfrecords import statistics
 from tfrecords.sources import InputError
@@ -50,7 +51,7 @@ STATE_DIR = ".build"            # per-shard statistics of an unfinished build
 STATE_FILENAME = "build.json"
 LABELS_FILENAME = "labels.txt"
 SKIPPED_FILENAME = "skipped.txt"
-SHARD_PATTERN = re.compile(r"(train|validation)-\d{5}-of-\d{5}")
+SHARD_PATTERN = re.compile(r"(train|validation|test)-\d{5}-of-\d{5}")
 TEMP_PREFIX = ".tmp-"
 _PROGRESS_EVERY = 16            # images between updates of the shared progress counter
 # TensorFlow is imported only where records are written or read (the worker functions): the
@@ -77,6 +78,12 @@ class BuildConfig:
   num_hosts: int = 1
   overwrite: bool = False
   progress: bool = True
+  # Other releases (tfrecords/releases.py): ILSVRC-2010's test split and devkit files, and the
+  # seeded per-class hold-out for datasets without a validation split (Fall 2011).
+  test_shards: Optional[int] = None      # None: as many as validation_shards
+  validation_fraction: Optional[float] = None
+  test_labels_file: Optional[str] = None
+  meta_file: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,15 +104,19 @@ def _check_config(config: BuildConfig) -> None:
     problems.append(f"--jpeg_quality={config.jpeg_quality} must be in 1..100")
   if config.image_size is not None and config.image_size < 1:
     problems.append(f"--resize={config.image_size} must be a positive size or 'none'")
-  for name in ("train_shards", "validation_shards"):
-    if not 1 <= getattr(config, name) <= 99_999:
+  for name in ("train_shards", "validation_shards", "test_shards"):
+    if getattr(config, name) is not None and not 1 <= getattr(config, name) <= 99_999:
       problems.append(f"--{name}={getattr(config, name)} must be in 1..99999")
+  try:
+    releases.check_fraction(config.validation_fraction)
+  except InputError as e:
+    problems.append(str(e))
   if config.num_workers < 0:
     problems.append(f"--num_workers={config.num_workers} must be >= 0 (0: one per core)")
   if not 0 <= config.host_index < config.num_hosts:
     problems.append(f"--host_index={config.host_index} must be in 0..--num_hosts-1 "
                     f"(--num_hosts={config.num_hosts})")
-  for name in ("classes_file", "validation_labels_file"):
+  for name in ("classes_file", "validation_labels_file", "test_labels_file", "meta_file"):
     path = getattr(config, name)
     if path and not os.path.isfile(path):
       problems.append(f"--{name}={path} does not exist")
@@ -125,7 +136,8 @@ def num_workers(requested: int) -> int:
 
 def _shards(source: sources.Source, config: BuildConfig) -> list[_ShardTask]:
   """Every shard of the dataset, train first; images in a seeded shuffled order, balanced."""
-  counts = {"train": config.train_shards, "validation": config.validation_shards}
+  counts = {"train": config.train_shards, "validation": config.validation_shards,
+            "test": config.test_shards or config.validation_shards}
   tasks = []
   for split in sources.SPLITS:
     items = source.splits.get(split)
@@ -133,7 +145,7 @@ def _shards(source: sources.Source, config: BuildConfig) -> list[_ShardTask]:
       continue
     num_shards = counts[split]
     if num_shards > len(items):
-      flag = "train_shards" if split == "train" else "validation_shards"
+      flag = f"{split}_shards"
       raise InputError(f"--{flag}={num_shards} is more than the {len(items)} {split} images; "
                        f"pass --{flag}=N with N <= {len(items)}")
     # random.Random with a str seed hashes it with SHA-512: the same order on every platform.
@@ -163,11 +175,18 @@ def _build_record(source: sources.Source, config: BuildConfig) -> dict:
       "jpeg_quality": config.jpeg_quality,
       "seed": config.seed,
       "num_shards": {s: n for s, n in (("train", config.train_shards),
-                                       ("validation", config.validation_shards))
+                                       ("validation", config.validation_shards),
+                                       ("test", config.test_shards or config.validation_shards))
                      if source.splits.get(s)},
       "classes_file": config.classes_file and os.path.abspath(config.classes_file),
       "validation_labels_file": (config.validation_labels_file
                                  and os.path.abspath(config.validation_labels_file)),
+      # Only when set, so that the record of a build without them is what it always was.
+      **({"validation_fraction": config.validation_fraction}
+         if config.validation_fraction is not None else {}),
+      **{name: os.path.abspath(getattr(config, name)) for name in ("test_labels_file",
+                                                                  "meta_file")
+         if getattr(config, name)},
   }
 
 
@@ -470,8 +489,10 @@ def build(config: BuildConfig) -> Optional[dict]:
   try:
     map_fn = (lambda f, xs: get_pool().imap(f, xs, chunksize=8)) if workers > 1 else map
     started = time.monotonic()
-    source = sources.find_source(config.input, config.layout, config.classes_file,
-                                 config.validation_labels_file, map_fn)
+    source = releases.find_source(
+        config.input, config.layout, config.classes_file, config.validation_labels_file,
+        config.test_labels_file, config.meta_file, config.validation_fraction, config.seed,
+        map_fn)
     tasks = _shards(source, config)
     record = _build_record(source, config)
     logging.info("Found %s in %.1f s (%s layout, %d classes).", ", ".join(
@@ -645,7 +666,9 @@ def main(argv) -> None:
       seed=FLAGS.seed, classes_file=FLAGS.classes_file,
       validation_labels_file=FLAGS.validation_labels_file, num_workers=FLAGS.num_workers,
       host_index=FLAGS.host_index, num_hosts=FLAGS.num_hosts, overwrite=FLAGS.overwrite,
-      progress=FLAGS.progress)
+      progress=FLAGS.progress, test_shards=FLAGS.test_shards,
+      validation_fraction=FLAGS.validation_fraction, test_labels_file=FLAGS.test_labels_file,
+      meta_file=FLAGS.meta_file)
   try:
     if config.input is not None or not FLAGS.verify:
       info = build(config)
@@ -669,7 +692,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("input", None, "Folder with ILSVRC2012_img_{train,val}.tar, or train/ and "
                       "val/ folders (ILSVRC extracted, or any <split>/<class>/ images).")
   flags.DEFINE_string("output_dir", None, "Where the shards and dataset_info.json go.")
-  flags.DEFINE_enum("layout", "auto", sources.LAYOUTS, "Force the input layout.")
+  flags.DEFINE_enum("layout", "auto", releases.LAYOUTS, "Force the input layout (fall2011 and "
+                    "ilsvrc2010: see tfrecords/releases.py).")
   flags.DEFINE_string("resize", str(DEFAULT_IMAGE_SIZE), "Shorter side resized to N, then the "
                       "central NxN crop (the paper: 256); 'none' keeps the original pixels.")
   flags.DEFINE_integer("jpeg_quality", DEFAULT_JPEG_QUALITY, "JPEG quality of re-encoded images.")
@@ -688,6 +712,16 @@ def _define_flags() -> None:
   flags.DEFINE_bool("overwrite", False, "Replace a different dataset in --output_dir.")
   flags.DEFINE_bool("verify", False, "Afterwards, re-read every shard and check it.")
   flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+  flags.DEFINE_integer("test_shards", None, "Test shards (ILSVRC-2010); default: as many as "
+                       "--validation_shards.")
+  flags.DEFINE_float("validation_fraction", None, "Hold out this share (in (0, 1)) of every "
+                     "class's training images, seeded by --seed, as the validation split: for "
+                     "datasets without one (Fall 2011, class folders with only train/).")
+  flags.DEFINE_string("test_labels_file", None, "ILSVRC-2010: the test ground truth (default: "
+                      "ILSVRC2010_test_ground_truth.txt found under --input).")
+  flags.DEFINE_string("meta_file", None, "ILSVRC-2010: the devkit's meta.mat (needs scipy) or "
+                      "'ILSVRC2010_ID wnid [words]' lines (default: meta.mat/meta.txt found "
+                      "under --input).")
   flags.mark_flag_as_required("output_dir")
 
 

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Optional
 from keras_alexnet import data as ilsvrc
 
 LAYOUTS = ("auto", "ilsvrc_tars", "ilsvrc_folders", "class_folders")
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")   # test: ILSVRC-2010 (tfrecords/releases.py)
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VALIDATION_TAR = "ILSVRC2012_img_val.tar"
 # Folder names accepted for each split.
