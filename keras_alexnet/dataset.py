@@ -252,7 +252,8 @@ def _resolve(config: DataConfig, counts: bool = True) -> _Source:
                        "images or original sizes (null).")
 
   num_examples = {split: _num_examples(data_dir, split, files[split], ours, info if tfds_info
-                                       else None) for split in SPLITS} if counts else {}
+                                       else None) for split in SPLITS
+                  if split != "test" or files[split]} if counts else {}   # test: if present
   return _Source(format=fmt, label_offset=label_offset, num_classes=num_classes,
                  image_size=image_size, classes=classes, num_examples=num_examples, info=ours)
 
