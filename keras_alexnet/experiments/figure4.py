@@ -218,15 +218,17 @@ def _draw_left(plt, images, predictions, classes, path):
     r, c = divmod(i, LEFT_COLUMNS)
     left, bottom = c / columns, 1 - (r + 1) / rows
     w, h = 1 / columns, 1 / rows
-    ax = figure.add_axes([left + 0.1 * w, bottom + 0.42 * h, 0.8 * w, 0.55 * h])
+    ax = figure.add_axes([left + 0.1 * w, bottom + 0.47 * h, 0.8 * w, 0.5 * h])
     ax.imshow(image)
     ax.set_axis_off()
-    ax.set_title(_short(classes[prediction["label"]][1], 28), fontsize=9)
+    # The paper writes the correct label under each image.
+    ax.text(0.5, -0.02, _short(classes[prediction["label"]][1], 28), transform=ax.transAxes,
+            ha="center", va="top", fontsize=9)
     bars = figure.add_axes([left + 0.45 * w, bottom + 0.04 * h, 0.5 * w, 0.33 * h])
     top = prediction["top5"][::-1]
     colours = ["tab:red" if t["class"] == prediction["label"] else "tab:blue" for t in top]
-    bars.barh(range(5), [t["probability"] for t in top], color=colours)
-    bars.set_yticks(range(5), [_short(t["name"], 16) for t in top], fontsize=7)
+    bars.barh(range(len(top)), [t["probability"] for t in top], color=colours)
+    bars.set_yticks(range(len(top)), [_short(t["name"], 16) for t in top], fontsize=7)
     bars.set_xlim(0, 1)
     bars.tick_params(axis="x", labelsize=6)
   _save(plt, figure, path)
