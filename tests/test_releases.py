@@ -324,3 +324,40 @@ def test_ilsvrc2010_devkit_that_does_not_match(tmp_path, case, message):
   assert result.returncode != 0
   assert __import__("re").search(message, result.stderr), result.stderr[-2000:]
   assert not out.exists()   # refused before anything was written
+
+
+def test_ilsvrc2010_devkit_elsewhere_and_other_meta_forms(tmp_path):
+  pytest.importorskip("scipy")
+  from scipy import io as scipy_io   # pylint: disable=g-import-not-at-top
+  root = _ilsvrc2010(tmp_path / "in", VAL_IDS, TEST_IDS)
+  devkit = tmp_path / "ILSVRC2010_devkit-1.0"
+  os.rename(root / "devkit-1.0", devkit)
+  os.remove(devkit / "data" / "meta.txt")
+  # meta.mat as savemat makes it from a dict of lists: one struct of arrays.
+  scipy_io.savemat(str(devkit / "data" / "meta.mat"), {"synsets": {
+      "ILSVRC2010_ID": np.arange(1, 6), "WNID": np.array(META, dtype=object),
+      "words": np.array([f"words of {w}" for w in META], dtype=object),
+      "num_children": np.zeros(5)}})
+  with pytest.raises(InputError, match=r"has no devkit meta file"):
+    releases.find_source(str(root))
+  source = releases.find_source(str(root), devkit_dir=str(devkit))
+  assert source.classes == tuple((w, f"words of {w}") for w in SORTED)
+  labels = {i.filename: i.label for i in source.splits["validation"]}
+  assert labels["ILSVRC2010_val_00000003.JPEG"] == SORTED.index(META[5 - 1])
+
+
+def test_fall2011_tar_of_another_name_and_a_words_file_with_spaces(tmp_path):
+  root = tmp_path / "in"
+  root.mkdir()
+  with tarfile.open(root / "imagenet_fall2011.tar", "w") as outer:
+    for k, wnid in enumerate(WNIDS[:3]):
+      _add(outer, f"{wnid}.tar", _tar_bytes([(f"{wnid}_0.JPEG", _jpeg(k))]))
+  words = tmp_path / "words.txt"
+  words.write_text(f"{WNIDS[1]} a thing, another name\n")
+  assert releases.detect(str(root)) == "fall2011"
+  source = releases.find_source(str(root), classes_file=str(words))
+  assert source.classes == ((WNIDS[0], WNIDS[0]), (WNIDS[1], "a thing, another name"),
+                            (WNIDS[2], WNIDS[2]))
+  words.write_text("entity\n")
+  with pytest.raises(InputError, match=r"words.txt:1: expected 'wnid<TAB>names'"):
+    releases.find_source(str(root), classes_file=str(words))

@@ -84,6 +84,7 @@ class BuildConfig:
   validation_fraction: Optional[float] = None
   test_labels_file: Optional[str] = None
   meta_file: Optional[str] = None
+  devkit_dir: Optional[str] = None       # ILSVRC-2010's devkit, if not under --input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +121,8 @@ def _check_config(config: BuildConfig) -> None:
     path = getattr(config, name)
     if path and not os.path.isfile(path):
       problems.append(f"--{name}={path} does not exist")
+  if config.devkit_dir and not os.path.isdir(config.devkit_dir):
+    problems.append(f"--devkit_dir={config.devkit_dir} is not a folder")
   if os.path.exists(config.output_dir) and not os.path.isdir(config.output_dir):
     problems.append(f"--output_dir={config.output_dir} is a file")
   if problems:
@@ -185,7 +188,7 @@ def _build_record(source: sources.Source, config: BuildConfig) -> dict:
       **({"validation_fraction": config.validation_fraction}
          if config.validation_fraction is not None else {}),
       **{name: os.path.abspath(getattr(config, name)) for name in ("test_labels_file",
-                                                                  "meta_file")
+                                                                  "meta_file", "devkit_dir")
          if getattr(config, name)},
   }
 
@@ -492,7 +495,7 @@ def build(config: BuildConfig) -> Optional[dict]:
     source = releases.find_source(
         config.input, config.layout, config.classes_file, config.validation_labels_file,
         config.test_labels_file, config.meta_file, config.validation_fraction, config.seed,
-        map_fn)
+        map_fn, config.devkit_dir)
     tasks = _shards(source, config)
     record = _build_record(source, config)
     logging.info("Found %s in %.1f s (%s layout, %d classes).", ", ".join(
@@ -668,7 +671,7 @@ def main(argv) -> None:
       host_index=FLAGS.host_index, num_hosts=FLAGS.num_hosts, overwrite=FLAGS.overwrite,
       progress=FLAGS.progress, test_shards=FLAGS.test_shards,
       validation_fraction=FLAGS.validation_fraction, test_labels_file=FLAGS.test_labels_file,
-      meta_file=FLAGS.meta_file)
+      meta_file=FLAGS.meta_file, devkit_dir=FLAGS.devkit_dir)
   try:
     if config.input is not None or not FLAGS.verify:
       info = build(config)
@@ -719,6 +722,9 @@ def _define_flags() -> None:
                      "datasets without one (Fall 2011, class folders with only train/).")
   flags.DEFINE_string("test_labels_file", None, "ILSVRC-2010: the test ground truth (default: "
                       "ILSVRC2010_test_ground_truth.txt found under --input).")
+  flags.DEFINE_string("devkit_dir", None, "ILSVRC-2010: the extracted devkit (its data/ holds "
+                      "meta.mat and ILSVRC2010_validation_ground_truth.txt), when not under "
+                      "--input.")
   flags.DEFINE_string("meta_file", None, "ILSVRC-2010: the devkit's meta.mat (needs scipy) or "
                       "'ILSVRC2010_ID wnid [words]' lines (default: meta.mat/meta.txt found "
                       "under --input).")

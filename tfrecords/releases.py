@@ -41,6 +41,10 @@ ILSVRC2010_GROUND_TRUTH = {"validation": "ILSVRC2010_validation_ground_truth.txt
                            "test": "ILSVRC2010_test_ground_truth.txt"}
 ILSVRC2010_IMAGE = {"validation": re.compile(r"ILSVRC2010_val_(\d{8})\.JPEG"),
                     "test": re.compile(r"ILSVRC2010_test_(\d{8})\.JPEG")}
+# Other spellings of the three tars (a mirror's renaming): ILSVRC2010*train*.tar etc.
+_ILSVRC2010_TAR_PATTERN = {"train": re.compile(r"ILSVRC2010.*train.*\.tar"),
+                           "validation": re.compile(r"ILSVRC2010.*val.*\.tar"),
+                           "test": re.compile(r"ILSVRC2010.*test.*\.tar")}
 META_FILES = ("meta.mat", "meta.txt")
 _DEVKIT_DEPTH = 3   # how deep under --input the devkit files are looked for (devkit-1.0/data/)
 
@@ -52,9 +56,9 @@ def detect(path: str) -> Optional[str]:
   if not os.path.isdir(path):
     return None
   names = [n for n in os.listdir(path) if not n.startswith(".")]
-  if any(n in ILSVRC2010_TARS.values() for n in names):
+  if any(_ilsvrc2010_tar(path, split) for split in ILSVRC2010_TARS):
     return "ilsvrc2010"
-  if FALL2011_TAR in names:
+  if FALL2011_TAR in names or _fall2011_tar(path):
     return "fall2011"
   if sources._split_folders(path):   # train/ val/: the ILSVRC-2012 or class-folder layouts
     return None
@@ -65,11 +69,34 @@ def detect(path: str) -> Optional[str]:
   return None
 
 
+def _ilsvrc2010_tar(path: str, split: str) -> Optional[str]:
+  """The split's tar in `path`: its devkit name, else the one file named like it."""
+  exact = os.path.join(path, ILSVRC2010_TARS[split])
+  if os.path.isfile(exact):
+    return exact
+  found = [n for n in sorted(os.listdir(path)) if _ILSVRC2010_TAR_PATTERN[split].fullmatch(n)
+           and not (split == "train" and "val" in n) and os.path.isfile(os.path.join(path, n))]
+  return os.path.join(path, found[0]) if len(found) == 1 else None
+
+
+def _fall2011_tar(path: str) -> Optional[str]:
+  """fall11_whole.tar in `path`, else its one .tar file if that is not another release's and
+  not a synset's own tar (then the folder is the release extracted)."""
+  if os.path.isfile(os.path.join(path, FALL2011_TAR)):
+    return os.path.join(path, FALL2011_TAR)
+  tars = [n for n in os.listdir(path) if n.endswith(".tar") and not n.startswith(".")]
+  if (len(tars) == 1 and not sources.WNID.fullmatch(tars[0][:-4])
+      and not tars[0].startswith("ILSVRC")):
+    return os.path.join(path, tars[0])
+  return None
+
+
 def find_source(path: str, layout: str = "auto", classes_file: Optional[str] = None,
                 validation_labels_file: Optional[str] = None,
                 test_labels_file: Optional[str] = None, meta_file: Optional[str] = None,
                 validation_fraction: Optional[float] = None, seed: int = 0,
-                map_fn: Callable[[Callable, Iterable], Iterable] = map) -> Source:
+                map_fn: Callable[[Callable, Iterable], Iterable] = map,
+                devkit_dir: Optional[str] = None) -> Source:
   """sources.find_source, with the fall2011 and ilsvrc2010 layouts and the hold-out."""
   if layout not in LAYOUTS:
     raise InputError(f"--layout={layout} is not one of {', '.join(LAYOUTS)}")
@@ -86,11 +113,11 @@ def find_source(path: str, layout: str = "auto", classes_file: Optional[str] = N
     source = fall2011_source(path, classes_file, map_fn)
   elif layout == "ilsvrc2010":
     source = ilsvrc2010_source(path, meta_file, validation_labels_file, test_labels_file,
-                               map_fn)
+                               map_fn, devkit_dir)
   else:
-    if test_labels_file or meta_file:
-      raise InputError(f"--test_labels_file and --meta_file belong to the ilsvrc2010 layout; "
-                       f"{path} is not one")
+    if test_labels_file or meta_file or devkit_dir:
+      raise InputError(f"--test_labels_file, --meta_file and --devkit_dir belong to the "
+                       f"ilsvrc2010 layout; {path} is not one")
     source = sources.find_source(path, layout, classes_file, validation_labels_file, map_fn)
   if validation_fraction is not None:
     source = hold_out(source, validation_fraction, seed)
@@ -166,8 +193,8 @@ def fall2011_source(path: str, classes_file: Optional[str] = None,
                     map_fn: Callable = map) -> Source:
   """The Fall 2011 release (see the module docstring) as one training split."""
   rejected = []
-  if os.path.isfile(path) or os.path.isfile(os.path.join(path, FALL2011_TAR)):
-    tar = path if os.path.isfile(path) else os.path.join(path, FALL2011_TAR)
+  if os.path.isfile(path) or _fall2011_tar(path):
+    tar = path if os.path.isfile(path) else _fall2011_tar(path)
     inner, rejected = _synset_tars(tar, os.path.basename(tar))
     listed = list(map_fn(sources.list_inner_tar, inner))
     by_wnid = {}
@@ -195,7 +222,7 @@ def fall2011_source(path: str, classes_file: Optional[str] = None,
   if not by_wnid:
     raise InputError(f"--input={path} (fall2011) holds no per-synset tars or folders "
                      "(<wnid>.tar, <wnid>/, wnid as n12345678)")
-  names = dict(sources.read_classes_file(classes_file)) if classes_file else {}
+  names = read_words_file(classes_file) if classes_file else {}
   classes = tuple((wnid, names.get(wnid, wnid)) for wnid in sorted(by_wnid))
   items = []
   for label, (wnid, _) in enumerate(classes):
@@ -206,6 +233,19 @@ def fall2011_source(path: str, classes_file: Optional[str] = None,
       else:
         items.append(Item(name, label, file, offset, size))
   return _finish(path, "fall2011", classes, {"train": items}, {"train": rejected})
+
+
+def read_words_file(path: str) -> dict:
+  """{wnid: names} from ImageNet's words.txt ('wnid<TAB>names', or any whitespace after the
+  wnid); lines that do not start with a wnid are refused, naming the line."""
+  names = {}
+  for number, line in enumerate(sources._read_lines(path, "classes (words) file"), 1):
+    fields = line.split(None, 1)
+    if not sources.WNID.fullmatch(fields[0]):
+      raise InputError(f"{path}:{number}: expected 'wnid<TAB>names' (e.g. 'n00001740<TAB>"
+                       f"entity'); got {line!r}")
+    names[fields[0]] = fields[1].strip() if len(fields) > 1 else fields[0]
+  return names
 
 
 def _finish(path, layout, classes, splits, rejected) -> Source:
@@ -255,13 +295,13 @@ def read_meta(path: str) -> dict:
       synsets = scipy_io.loadmat(path, squeeze_me=True, struct_as_record=False)["synsets"]
     except Exception as e:  # whatever scipy raises on a file that is not a .mat
       raise InputError(f"cannot read the devkit meta file {path}: {e}") from None
-    for entry in (synsets if hasattr(synsets, "__len__") else [synsets]):
-      if not hasattr(entry, "ILSVRC2010_ID") or not hasattr(entry, "WNID"):
+    for row in _mat_rows(synsets):
+      if "ILSVRC2010_ID" not in row or "WNID" not in row:
         raise InputError(f"{path}: synsets have no ILSVRC2010_ID / WNID fields (fields: "
-                         f"{getattr(entry, '_fieldnames', '?')}); is it another year's devkit?")
-      if int(getattr(entry, "num_children", 0)) == 0:
-        _add_synset(found, int(entry.ILSVRC2010_ID), str(entry.WNID),
-                    str(getattr(entry, "words", "") or entry.WNID), path)
+                         f"{sorted(row)}); is it another year's devkit?")
+      if int(row.get("num_children", 0)) == 0:
+        _add_synset(found, int(row["ILSVRC2010_ID"]), str(row["WNID"]),
+                    str(row.get("words") or row["WNID"]), path)
   else:
     for number, line in enumerate(sources._read_lines(path, "devkit meta file"), 1):
       fields = line.split(None, 2)
@@ -276,6 +316,17 @@ def read_meta(path: str) -> dict:
     raise InputError(f"{path}: the ILSVRC2010_IDs of the {len(found)} synsets are not "
                      f"1..{len(found)} (found {min(found)}..{max(found)})")
   return found
+
+
+def _mat_rows(synsets) -> list:
+  """The synsets of a loadmat(squeeze_me=True, struct_as_record=False) as dicts: the devkit's
+  struct array, one struct, or one struct of arrays (what savemat makes of a dict of lists)."""
+  items = list(synsets) if hasattr(synsets, "__len__") else [synsets]
+  rows = [{f: getattr(item, f) for f in getattr(item, "_fieldnames", [])} for item in items]
+  if len(rows) == 1 and not isinstance(rows[0].get("WNID", ""), str):
+    columns = rows[0]
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+  return rows
 
 
 def _add_synset(found, number, wnid, words, path):
@@ -303,6 +354,9 @@ def _ground_truth(names: list, truth_file: str, split: str, meta: dict,
                      "image, in sorted file name order: it does not match the release")
   labels = {}
   for number, (name, line) in enumerate(zip(sorted(names), lines), 1):
+    if line in index:   # a wnid per line (this builder's --validation_labels_file convention)
+      labels[name] = index[line]
+      continue
     if not line.isdigit() or int(line) not in meta:
       raise InputError(f"{truth_file}:{number}: {line!r} is not an ILSVRC2010_ID of the meta "
                        f"file (1..{len(meta)}): the devkit does not match the release")
@@ -312,9 +366,14 @@ def _ground_truth(names: list, truth_file: str, split: str, meta: dict,
 
 def ilsvrc2010_source(path: str, meta_file: Optional[str] = None,
                       validation_labels_file: Optional[str] = None,
-                      test_labels_file: Optional[str] = None, map_fn: Callable = map) -> Source:
-  """ILSVRC-2010 as downloaded (see the module docstring): train, validation and test."""
-  meta_file = meta_file or _find_devkit_file(path, META_FILES)
+                      test_labels_file: Optional[str] = None, map_fn: Callable = map,
+                      devkit_dir: Optional[str] = None) -> Source:
+  """ILSVRC-2010 as downloaded (see the module docstring): train, validation and test. The
+  devkit's files are looked for in devkit_dir (if given), then under path."""
+  def find(names):
+    return ((devkit_dir and _find_devkit_file(devkit_dir, names))
+            or _find_devkit_file(path, names))
+  meta_file = meta_file or find(META_FILES)
   if meta_file is None:
     raise InputError(f"--input={path} (ilsvrc2010) has no devkit meta file ({' or '.join(META_FILES)}"
                      f" in it or in a subfolder such as devkit-1.0/data/); pass "
@@ -324,10 +383,11 @@ def ilsvrc2010_source(path: str, meta_file: Optional[str] = None,
   index = {wnid: label for label, (wnid, _) in enumerate(classes)}
   truth = {"validation": validation_labels_file, "test": test_labels_file}
   splits, rejected = {}, {}
-  for split, tar_name in ILSVRC2010_TARS.items():
-    tar = os.path.join(path, tar_name)
-    if not os.path.isfile(tar):
+  for split in ILSVRC2010_TARS:
+    tar = _ilsvrc2010_tar(path, split)
+    if tar is None:
       continue
+    tar_name = os.path.basename(tar)
     if split == "train":
       inner, rejected["train"] = _synset_tars(tar, tar_name)
       unknown = sorted(w for _, _, w in inner if w not in index)
@@ -339,7 +399,7 @@ def ilsvrc2010_source(path: str, meta_file: Optional[str] = None,
                          for wnid, members in map_fn(sources.list_inner_tar, inner)
                          for name, offset, size in members]
       continue
-    truth_file = truth[split] or _find_devkit_file(path, (ILSVRC2010_GROUND_TRUTH[split],))
+    truth_file = truth[split] or find((ILSVRC2010_GROUND_TRUTH[split],))
     if truth_file is None:
       flag = "validation_labels_file" if split == "validation" else "test_labels_file"
       raise InputError(f"{tar} needs its labels: {ILSVRC2010_GROUND_TRUTH[split]} (in --input "
