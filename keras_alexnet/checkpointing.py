@@ -377,7 +377,7 @@ def load_init_weights(model: keras.Model, path: str, which: str = "best") -> dic
         f"{classifier}, the classifier, may differ, in its number of classes). Layers only in "
         f"this model: {missing or 'none'}; only in the checkpoint: {extra or 'none'}; shapes "
         "that differ: " + ("\n  " + "\n  ".join(misfits) if misfits else "none") + "\nUse "
-        "the variant and --remove of the checkpoint's run (its config.json).")
+        "the variant, --remove and --conv6 of the checkpoint's run (its config.json).")
   loaded = [n for n in ours if n not in reinitialised]
   for name in loaded:
     for mine, saved in zip(ours[name], theirs[name]):
