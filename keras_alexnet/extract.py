@@ -9,7 +9,8 @@ the model up to --layer: fc6, fc7 (4096-d, after the ReLU, as the paper's sectio
 Figure 4), pool5 ([6, 6, 256]) or any layer the model names. The .npz holds `features`
 [N, ...] float32, `files` [N] (the paths, in the order of the rows), `layer`, and `failed` /
 `failed_reasons` for files that could not be read or decoded (the others are extracted, and
-the exit code is then 1). Folders are searched recursively for .jpg/.jpeg/.png files.
+the exit code is then 1). The file is written atomically; an existing one is replaced only with
+--overwrite. Folders are searched recursively for .jpg/.jpeg/.png files.
 
 `layer_model` and `features_of` are the library functions; Figure 4's nearest-neighbour search
 (keras_alexnet.experiments.figure4) uses the same two.
@@ -156,6 +157,7 @@ class ExtractConfig:
   which: str = "best"
   batch_size: int = 64
   progress: bool = True
+  overwrite: bool = False
 
 
 def run(config: ExtractConfig) -> dict:
@@ -169,6 +171,9 @@ def run(config: ExtractConfig) -> dict:
                      "--layer=fc7 IMAGES_OR_FOLDERS... --output=features.npz")
   if not config.output.endswith(".npz"):
     raise ValueError(f"--output must name a .npz file; received {config.output!r}.")
+  if os.path.exists(config.output) and not config.overwrite:
+    raise ValueError(f"--output={config.output} exists; pass --overwrite to replace it, or "
+                     "name another file.")
   model, metadata = checkpointing.load_model(config.workdir, config.which)
   features_model = layer_model(model, config.layer)   # a bad --layer fails before any work
   stats = checkpointing.load_statistics(metadata["workdir"])
@@ -191,7 +196,7 @@ def main(argv):
   try:
     config = ExtractConfig(workdir=f.workdir, layer=f.layer, paths=tuple(argv[1:]),
                            output=f.output, which=f.which, batch_size=f.batch_size,
-                           progress=f.progress)
+                           progress=f.progress, overwrite=f.overwrite)
     result = run(config)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
@@ -212,6 +217,7 @@ def _define_flags():
   flags.DEFINE_enum("which", "best", ("best", "latest"), "Checkpoint of the workdir.")
   flags.DEFINE_integer("batch_size", 64, "Images per forward pass.")
   flags.DEFINE_bool("progress", True, "A progress bar on stderr.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --output file.")
   flags.mark_flag_as_required("workdir")
 
 
