@@ -52,8 +52,8 @@ TFDS_KEYS = ("image", "label", "file_name")
 SCHEMA_KEYS = {"keras_alexnet": (features.ENCODED, features.LABEL),
                "model_garden": (features.ENCODED, features.LABEL),
                "tfds": TFDS_KEYS[:2]}
-_SHARD_RE = re.compile(r"^(?:.*-)?(?P<split>train|validation|test)(?:\.tfrecord)?-(?P<index>\d{5})"
-                       r"-of-(?P<total>\d{5})$")
+_SHARD_RE = re.compile(r"^(?:.*-)?(?P<split>train|validation|test)(?:\.tfrecord)?"
+                       r"-(?P<index>\d{5})-of-(?P<total>\d{5})$")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -375,9 +375,10 @@ def ilsvrc2010_source(path: str, meta_file: Optional[str] = None,
             or _find_devkit_file(path, names))
   meta_file = meta_file or find(META_FILES)
   if meta_file is None:
-    raise InputError(f"--input={path} (ilsvrc2010) has no devkit meta file ({' or '.join(META_FILES)}"
-                     f" in it or in a subfolder such as devkit-1.0/data/); pass "
-                     "--meta_file=meta.mat, or a text file of 'ILSVRC2010_ID wnid' lines")
+    raise InputError(f"--input={path} (ilsvrc2010) has no devkit meta file "
+                     f"({' or '.join(META_FILES)} in it, in a subfolder such as "
+                     "devkit-1.0/data/, or in --devkit_dir); pass --meta_file=meta.mat, or a "
+                     "text file of 'ILSVRC2010_ID wnid' lines")
   meta = read_meta(meta_file)
   classes = tuple(sorted(meta.values()))
   index = {wnid: label for label, (wnid, _) in enumerate(classes)}
