@@ -17,10 +17,10 @@ what you would run by hand (every command is printed):
 
 A second run reuses what exists; each step decides by its own completion marker (the
 dataset's manifest, the builder's dataset_info.json, the trainer's final checkpoint, an
-evaluation of the best checkpoint, an export of it, a Figure 4 of it). An interrupted run
+evaluation of the best checkpoint, an export of it, a figure4.json of it). An interrupted run
 continues: the dataset is written whole or not at all, the builder resumes its shards,
-training resumes from its last checkpoint. The work folder carries a marker file; a folder that is not empty
-and has no marker (not made by the demo) is refused before anything is written.
+training resumes from its last checkpoint. The work folder carries a marker file; a folder
+that is not empty and has no marker (not made by the demo) is refused before anything is written.
 """
 
 import dataclasses
