@@ -58,10 +58,12 @@ def detect(path: str) -> Optional[str]:
   names = [n for n in os.listdir(path) if not n.startswith(".")]
   if any(_ilsvrc2010_tar(path, split) for split in ILSVRC2010_TARS):
     return "ilsvrc2010"
-  if FALL2011_TAR in names or _fall2011_tar(path):
+  if FALL2011_TAR in names:
     return "fall2011"
   if sources._split_folders(path):   # train/ val/: the ILSVRC-2012 or class-folder layouts
     return None
+  if _fall2011_tar(path):
+    return "fall2011"
   wnids = [n for n in names if sources.WNID.fullmatch(os.path.splitext(n)[0])]
   if wnids and (all(n.endswith(".tar") for n in wnids)
                 or all(os.path.isdir(os.path.join(path, n)) for n in wnids)):
