@@ -128,3 +128,18 @@ def test_bad_arguments(result, tmp_path):
   with pytest.raises(FileNotFoundError, match=r"no test images"):
     figure4.figure4(run, data_dir, str(tmp_path / "o"), split="test", plot=False)
   assert not (tmp_path / "o").exists()
+
+
+def test_fewer_queries_than_left_panel_images(result, tmp_path):
+  _, full, run, data_dir = result
+  found = figure4.figure4(run, data_dir, str(tmp_path / "o"), num_images=5, num_queries=2,
+                          draw_queries=2, neighbours=3, chunk_size=3, plot=False,
+                          progress=False)
+  assert [q["file"] for q in found["queries"]] == ["validation_0.JPEG", "validation_1.JPEG"]
+  assert len(found["predictions"]) == 5
+  # The same neighbours as the full run's (the search does not depend on the chunking).
+  mine, theirs = found["queries"][1]["neighbours"], full["queries"][1]["neighbours"][:3]
+  assert [n["file"] for n in mine] == [n["file"] for n in theirs]
+  assert [n["distance"] for n in mine] == pytest.approx([n["distance"] for n in theirs],
+                                                        rel=1e-4, abs=1e-5)
+  assert os.listdir(tmp_path / "o") == [figure4.RESULTS_FILE]

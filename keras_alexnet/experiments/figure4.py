@@ -145,28 +145,31 @@ def figure4(workdir: str, data_dir: Optional[str], output_dir: str, split: str =
     raise FileNotFoundError(f"{data_dir} holds no {split} images.")
   wanted = num_queries or total_queries
 
-  # The queries: their fc7 vectors, and the logits of the first num_images for the left panel.
+  # The queries (the first `wanted` images of the split): their fc7 vectors; and the first
+  # num_images' top-5 for the left panel. Both panels draw the first images of the split.
   q_features, q_files, q_labels, q_images, predictions = [], [], [], [], []
-  bar = extract.Progress(min(wanted, total_queries), f"{FEATURE_LAYER} of {split}", progress)
+  limit = min(max(wanted, num_images), total_queries)
+  bar = extract.Progress(limit, f"{FEATURE_LAYER} of {split}", progress)
+  read = 0
   for images, labels, files in extract.read_split(data_dir, split, chunk_size, label_offset):
-    images, labels, files = images[:wanted - len(q_files)], labels[:wanted - len(q_files)], \
-        files[:wanted - len(q_files)]
-    q_features.append(extract.features_of(fc7, images, stats, mean))
-    need = max(0, max(num_images, draw_queries) - len(q_images))
-    q_images.extend(images[:need])
-    if len(predictions) < num_images:
-      take = num_images - len(predictions)
+    queries = max(0, wanted - len(q_files))
+    if queries:
+      q_features.append(extract.features_of(fc7, images[:queries], stats, mean))
+      q_files.extend(files[:queries])
+      q_labels.extend(int(l) for l in labels[:queries])
+    q_images.extend(images[:max(0, max(num_images, draw_queries) - len(q_images))])
+    take = max(0, num_images - len(predictions))
+    if take:
       probs = _softmax(extract.features_of(model, images[:take], stats, mean))
       for p, l, f in zip(probs, labels[:take], files[:take]):
         top = np.argsort(-p, kind="stable")[:5]
         predictions.append({"file": f, "label": int(l), "top5": [
             {"class": int(c), "name": classes[c][1], "probability": float(p[c])} for c in top]})
-    q_files.extend(files)
-    q_labels.extend(int(l) for l in labels)
-    bar.update(len(q_files))
-    if len(q_files) >= wanted:
+    read += len(files)
+    bar.update(min(read, limit))
+    if read >= limit:
       break
-  bar.update(len(q_files), final=True)
+  bar.update(min(read, limit), final=True)
 
   # The exact search over the training split, one chunk at a time.
   search = NearestNeighbours(np.concatenate(q_features), neighbours,
