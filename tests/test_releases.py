@@ -361,3 +361,29 @@ def test_fall2011_tar_of_another_name_and_a_words_file_with_spaces(tmp_path):
   words.write_text("entity\n")
   with pytest.raises(InputError, match=r"words.txt:1: expected 'wnid<TAB>names'"):
     releases.find_source(str(root), classes_file=str(words))
+
+
+def test_ilsvrc2010_patch_images_and_gzipped_jpegs(tmp_path):
+  import gzip   # pylint: disable=g-import-not-at-top
+  root = _ilsvrc2010(tmp_path / "in", VAL_IDS, TEST_IDS)
+  wnid = META[0]
+  original = _jpeg(7)
+  with tarfile.open(root / releases.ILSVRC2010_TARS["train"], "a") as outer:
+    # A synset whose image is stored as a gzip file of the JPEG, as some 2010 images are.
+    _add(outer, "n05555555.tar", _tar_bytes([("n05555555_0.JPEG", gzip.compress(original))]))
+  (root / "devkit-1.0" / "data" / "meta.txt").write_text(
+      "".join(f"{k} {w} words of {w}\n" for k, w in enumerate(META + ["n05555555"], 1)))
+  patch = {f"patch_images/train/{wnid}_1.JPEG": _jpeg(901),
+           "patch_images/val/ILSVRC2010_val_00000002.JPEG": _jpeg(902),
+           "patch_images/test/ILSVRC2010_test_00000099.JPEG": _jpeg(903)}   # no such image
+  (root / releases.ILSVRC2010_PATCH_TAR).write_bytes(_tar_bytes(list(patch.items())))
+  source = releases.find_source(str(root))
+  train = {i.filename: i for i in source.splits["train"]}
+  assert sources.read_bytes(train[f"{wnid}_1.JPEG"]) == patch[f"patch_images/train/{wnid}_1.JPEG"]
+  assert sources.read_bytes(train[f"{wnid}_0.JPEG"])[:2] == b"\xff\xd8"   # not patched
+  assert sources.read_bytes(train["n05555555_0.JPEG"]) == original          # gunzipped
+  validation = {i.filename: i for i in source.splits["validation"]}
+  assert (sources.read_bytes(validation["ILSVRC2010_val_00000002.JPEG"])
+          == patch["patch_images/val/ILSVRC2010_val_00000002.JPEG"])
+  assert source.rejected["test"] == [("ILSVRC2010_test_00000099.JPEG",
+                                      "a replacement in patch_images.tar for no test image")]

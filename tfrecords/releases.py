@@ -20,7 +20,9 @@ Two more layouts for `python -m tfrecords.build --input=PATH`:
               ILSVRC2010_ID per line, in sorted image file name order). The files are found in
               --input or its subfolders (the devkit's data/), or given by flags. Labels are the
               index of the wnid in the sorted 1000 wnids (as for ILSVRC-2012); the test split is
-              written as test-NNNNN-of-NNNNN shards.
+              written as test-NNNNN-of-NNNNN shards. patch_images.tar beside the tars (the
+              challenge's replacements for broken images) is applied; images stored gzipped
+              are unpacked (sources.read_bytes).
 """
 
 import math
@@ -46,6 +48,11 @@ _ILSVRC2010_TAR_PATTERN = {"train": re.compile(r"ILSVRC2010.*train.*\.tar"),
                            "validation": re.compile(r"ILSVRC2010.*val.*\.tar"),
                            "test": re.compile(r"ILSVRC2010.*test.*\.tar")}
 META_FILES = ("meta.mat", "meta.txt")
+# Replacements for images of the three tars that are blank or show an "image not available"
+# banner, distributed beside them; members .../train/<name>.JPEG, .../val/..., .../test/...
+# (as fuel's ILSVRC-2010 converter reads it).
+ILSVRC2010_PATCH_TAR = "patch_images.tar"
+_PATCH_FOLDER = {"train": "train", "validation": "val", "test": "test"}
 _DEVKIT_DEPTH = 3   # how deep under --input the devkit files are looked for (devkit-1.0/data/)
 
 
@@ -366,6 +373,33 @@ def _ground_truth(names: list, truth_file: str, split: str, meta: dict,
   return labels
 
 
+def _patches(path: str) -> dict:
+  """{split: {image name: (tar, offset, size)}} of patch_images.tar in `path` (or {})."""
+  tar = os.path.join(path, ILSVRC2010_PATCH_TAR)
+  found = {split: {} for split in _PATCH_FOLDER}
+  if not os.path.isfile(tar):
+    return found
+  folders = {folder: split for split, folder in _PATCH_FOLDER.items()}
+  for member in sources._list_tar(tar):
+    parts = member.name.split("/")
+    if len(parts) >= 2 and parts[-2] in folders:
+      found[folders[parts[-2]]][parts[-1]] = (tar, member.offset_data, member.size)
+  return found
+
+
+def _patch(splits: dict, rejected: dict, split: str, patches: dict) -> None:
+  """Points the split's patched images at their replacements; a replacement for no image of
+  the release is listed among the split's skipped files."""
+  mine = dict(patches.get(split, {}))
+  items = splits[split]
+  for i, item in enumerate(items):
+    if item.filename in mine:
+      tar, offset, size = mine.pop(item.filename)
+      items[i] = Item(item.filename, item.label, tar, offset, size)
+  rejected[split].extend((name, f"a replacement in {ILSVRC2010_PATCH_TAR} for no {split} image")
+                         for name in sorted(mine))
+
+
 def ilsvrc2010_source(path: str, meta_file: Optional[str] = None,
                       validation_labels_file: Optional[str] = None,
                       test_labels_file: Optional[str] = None, map_fn: Callable = map,
@@ -386,6 +420,7 @@ def ilsvrc2010_source(path: str, meta_file: Optional[str] = None,
   index = {wnid: label for label, (wnid, _) in enumerate(classes)}
   truth = {"validation": validation_labels_file, "test": test_labels_file}
   splits, rejected = {}, {}
+  patches = _patches(path)
   for split in ILSVRC2010_TARS:
     tar = _ilsvrc2010_tar(path, split)
     if tar is None:
@@ -401,6 +436,7 @@ def ilsvrc2010_source(path: str, meta_file: Optional[str] = None,
       splits["train"] = [Item(name, index[wnid], tar, offset, size)
                          for wnid, members in map_fn(sources.list_inner_tar, inner)
                          for name, offset, size in members]
+      _patch(splits, rejected, "train", patches)
       continue
     truth_file = truth[split] or find((ILSVRC2010_GROUND_TRUTH[split],))
     if truth_file is None:
@@ -412,4 +448,5 @@ def ilsvrc2010_source(path: str, meta_file: Optional[str] = None,
     splits[split] = [Item(n, labels[n], tar, members[n].offset_data, members[n].size)
                      for n in sorted(members)]
     rejected[split] = []
+    _patch(splits, rejected, split, patches)
   return _finish(path, "ilsvrc2010", classes, splits, rejected)
