@@ -182,3 +182,12 @@ def test_ensemble_over_different_class_sets_is_refused(tmp_path):
                      r"the same order; .*b has class 0 = 'n00000050' where .*a has "
                      r"'n00000000'"):
     evaluate.evaluate(config_lib.EvalConfig(workdirs=(a, b), views=("center",)))
+
+
+def test_evaluate_split_test_without_test_shards(tmp_path):
+  data_dir = tiny_data.write_dataset(str(tmp_path / "data"), num_classes=4, train=4,
+                                     validation=4)
+  run = _workdir(str(tmp_path / "a"), data_dir, conv6=True, seed=1)
+  with pytest.raises(FileNotFoundError, match=r"holds no test shards; build them with .* \(a "
+                     r"test split: --layout=ilsvrc2010\)"):
+    evaluate.evaluate(config_lib.EvalConfig(workdirs=(run,), split="test"))
