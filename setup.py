@@ -32,6 +32,8 @@ COMMANDS = {
     "data-service": "keras_alexnet.data_service",
     "compare": "keras_alexnet.experiments.compare",
     "relu-vs-tanh": "keras_alexnet.experiments.relu_vs_tanh",
+    "figure4": "keras_alexnet.experiments.figure4",
+    "extract": "keras_alexnet.extract",
     "build": "keras_alexnet.tfrecords.build",
     "build-benchmark": "keras_alexnet.tfrecords.benchmark",
 }
@@ -86,6 +88,8 @@ setup(
         "serving": ["tensorflow-serving-api>=2.16,<2.22"],
         # PNG plots of the paper's experiments.
         "plot": ["matplotlib>=3.7"],
-        "test": ["pytest>=7"],
+        # ILSVRC-2010's devkit meta.mat (tfrecords/releases.py); a text mapping needs nothing.
+        "ilsvrc2010": ["scipy>=1.9"],
+        "test": ["pytest>=7", "scipy>=1.9"],
     },
 )

@@ -49,10 +49,11 @@ _TMP = ".tmp-"
 # The model a run describes.
 
 
-def tiny_model(num_classes: int, dropout: float = 0.0) -> keras.Model:
+def tiny_model(num_classes: int, dropout: float = 0.0, conv6: bool = False) -> keras.Model:
   """Tests only (--tiny_model): two small conv layers and a classifier on the same 224x224
   input, so that tests of checkpoints, resumption and strategies run in seconds. Layer names
-  are fixed so that checkpoints match across processes."""
+  are fixed so that checkpoints match across processes. conv6 adds a third conv layer of that
+  name, so --conv6 runs (pre-training, then fine-tuning) can be exercised quickly too."""
   # The paper's N(0, 0.01) init suits inputs on the 0..255 scale, as AlexNet's does.
   init = keras.initializers.RandomNormal(stddev=model_lib.INIT_STDDEV)
   inputs = keras.Input((model_lib.IMAGE_SIZE, model_lib.IMAGE_SIZE, 3), name="images")
@@ -60,6 +61,9 @@ def tiny_model(num_classes: int, dropout: float = 0.0) -> keras.Model:
                           name="conv1")(inputs)
   x = keras.layers.MaxPooling2D(3, strides=3, name="pool1")(x)
   x = keras.layers.Conv2D(16, 3, activation="relu", kernel_initializer=init, name="conv2")(x)
+  if conv6:
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", kernel_initializer=init,
+                            name="conv6")(x)
   x = keras.layers.GlobalAveragePooling2D(name="pool2")(x)
   if dropout:
     x = keras.layers.Dropout(dropout, name="dropout")(x)
@@ -70,7 +74,7 @@ def tiny_model(num_classes: int, dropout: float = 0.0) -> keras.Model:
 def build_model(model_config: model_lib.ModelConfig, tiny: bool = False) -> keras.Model:
   """AlexNet from `model_config` (logits), or the test-only tiny net."""
   if tiny:
-    return tiny_model(model_config.num_classes, model_config.dropout)
+    return tiny_model(model_config.num_classes, model_config.dropout, model_config.conv6)
   return model_lib.alexnet(model_config)
 
 
@@ -373,7 +377,7 @@ def load_init_weights(model: keras.Model, path: str, which: str = "best") -> dic
         f"{classifier}, the classifier, may differ, in its number of classes). Layers only in "
         f"this model: {missing or 'none'}; only in the checkpoint: {extra or 'none'}; shapes "
         "that differ: " + ("\n  " + "\n  ".join(misfits) if misfits else "none") + "\nUse "
-        "the variant and --remove of the checkpoint's run (its config.json).")
+        "the variant, --remove and --conv6 of the checkpoint's run (its config.json).")
   loaded = [n for n in ours if n not in reinitialised]
   for name in loaded:
     for mine, saved in zip(ours[name], theirs[name]):

@@ -26,7 +26,7 @@ VIEWS = ("center", "ten")
 PAPER_BATCH_SIZE = 128
 PAPER_EPOCHS = 90
 # --trainable_from: the paper's layers in order (Figure 2); conv2 means conv2_a and conv2_b.
-TRAINABLE_FROM = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+TRAINABLE_FROM = ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc6", "fc7", "fc8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +83,7 @@ class EvalConfig:
   batch_size: int = PAPER_BATCH_SIZE
   eval_steps: int = 0
   output: Optional[str] = None          # JSON path; None: <first workdir>/evaluation.json.
+  split: str = "validation"             # "test": ILSVRC-2010's test split (Table 1).
 
 
 def check_train_config(config: Config) -> None:
@@ -125,6 +126,9 @@ def check_train_config(config: Config) -> None:
         "gradient; TF fails with UNIMPLEMENTED)")
   if t.collective_timeout < 0:
     bad("collective_timeout", t.collective_timeout, ">= 0 seconds")
+  if t.trainable_from == "conv6" and not config.model.conv6:
+    bad("trainable_from", t.trainable_from, "a layer of the model: conv6 exists only with "
+        "--conv6")
   if t.tiny_model and t.strategy == "two_tower":
     bad("tiny_model", t.tiny_model, "False with --strategy=two_tower")
   # The tiny test net has other layer names; training checks against the model itself.
@@ -211,6 +215,8 @@ def _define_train_flags(fv):
       d.DEFINE_float("input_scale", m.input_scale, "Multiplies the mean-subtracted 0..255 "
                      "inputs inside the model; 1 is the paper. He init assumes unit-variance "
                      "inputs: 1/64 makes them about so (see flags/demo.cfg)."),
+      d.DEFINE_bool("conv6", m.conv6, "Section 6's extra sixth conv layer over pool5 (3x3, "
+                    "256 maps, within towers): the '1 CNN*' of Table 2."),
       # Augmentation (keras_alexnet.preprocessing.AugmentConfig), section 4.1.
       d.DEFINE_bool("random_crop", a.random_crop, "Random 224 crops (else the centre)."),
       d.DEFINE_bool("mirror", a.mirror, "Horizontal reflections."),
@@ -291,6 +297,8 @@ def _define_evaluate_flags(fv):
                         "of section 4.1, softmax averaged."),
       d.DEFINE_string("output", None, "Results JSON; default: evaluation.json in the "
                           "first workdir (or beside the checkpoint)."),
+      d.DEFINE_enum("split", e.split, ("validation", "test"), "The split evaluated; test: "
+                        "ILSVRC-2010's (Table 1), built by tfrecords.build --layout=ilsvrc2010."),
   )
 
 
@@ -331,7 +339,7 @@ def config_from_flags(f: flags.FlagValues) -> Config:
   model = model_lib.ModelConfig(
       num_classes=f.num_classes, variant=f.variant, activation=f.activation, lrn=f.lrn,
       pooling=f.pooling, dropout=f.dropout, remove=tuple(f.remove), init=f.init,
-      input_scale=f.input_scale)
+      input_scale=f.input_scale, conv6=f.conv6)
   augment = preprocessing.AugmentConfig(
       random_crop=f.random_crop, mirror=f.mirror, pca_lighting=f.pca_lighting, mean=f.mean)
   schedule = optimizer_lib.ScheduleConfig(
@@ -368,7 +376,7 @@ def eval_config_from_flags(f: flags.FlagValues) -> EvalConfig:
     raise ValueError(f"--batch_size must be >= 1; received {f.batch_size}.")
   return EvalConfig(workdirs=tuple(f.workdirs), checkpoint=f.checkpoint, which=f.which,
                     data_dir=f.data_dir, views=views, batch_size=f.batch_size,
-                    eval_steps=f.eval_steps, output=f.output)
+                    eval_steps=f.eval_steps, output=f.output, split=f.split)
 
 
 def flags_text(f: flags.FlagValues, argv=()) -> str:

@@ -35,7 +35,7 @@ from keras_alexnet import features
 from keras_alexnet import preprocessing
 
 FORMATS = ("keras_alexnet", "model_garden", "tfds")
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")   # test: ILSVRC-2010 (Table 1), the builder's
 BUILD_COMMAND = "python -m tfrecords.build --input=... --output_dir=..."
 # ILSVRC-2012 (the paper, section 2): used for Model Garden/TFDS shards without counts.
 IMAGENET_NUM_EXAMPLES = {"train": 1_281_167, "validation": 50_000}
@@ -53,8 +53,8 @@ TFDS_KEYS = ("image", "label", "file_name")
 SCHEMA_KEYS = {"keras_alexnet": (features.ENCODED, features.LABEL),
                "model_garden": (features.ENCODED, features.LABEL),
                "tfds": TFDS_KEYS[:2]}
-_SHARD_RE = re.compile(r"^(?:.*-)?(?P<split>train|validation)(?:\.tfrecord)?-(?P<index>\d{5})"
-                       r"-of-(?P<total>\d{5})$")
+_SHARD_RE = re.compile(r"^(?:.*-)?(?P<split>train|validation|test)(?:\.tfrecord)?"
+                       r"-(?P<index>\d{5})-of-(?P<total>\d{5})$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +256,8 @@ def _resolve(config: DataConfig, counts: bool = True) -> _Source:
                        "images or original sizes (null).")
 
   num_examples = {split: _num_examples(data_dir, split, files[split], ours, info if tfds_info
-                                       else None) for split in SPLITS} if counts else {}
+                                       else None) for split in SPLITS
+                  if split != "test" or files[split]} if counts else {}   # test: if present
   return _Source(format=fmt, label_offset=label_offset, num_classes=num_classes,
                  image_size=image_size, classes=classes, num_examples=num_examples, info=ours)
 
@@ -313,7 +314,7 @@ def _num_examples(data_dir, split, files, ours, tfds_info):
     for entry in tfds_info.get("splits", []):
       if isinstance(entry, dict) and entry.get("name") == split and "shardLengths" in entry:
         return sum(int(n) for n in entry["shardLengths"])
-  if len(files) == IMAGENET_NUM_SHARDS[split]:
+  if len(files) == IMAGENET_NUM_SHARDS.get(split):
     logging.info("%s: no example count for %s; assuming ILSVRC-2012's %d (%d shards).",
                  data_dir, split, IMAGENET_NUM_EXAMPLES[split], len(files))
     return IMAGENET_NUM_EXAMPLES[split]
@@ -458,7 +459,7 @@ def synthetic_batch(batch_size: int, num_classes: int, seed=(0, 0)):
 
 def create_split(config: DataConfig, train: bool, batch_size: int, *,
                  input_context: Optional[tf.distribute.InputContext] = None, epoch: int = 0,
-                 skip_batches: int = 0) -> tf.data.Dataset:
+                 skip_batches: int = 0, split: Optional[str] = None) -> tf.data.Dataset:
   """One epoch of (uint8 [B, 256, 256, 3] images, int32 [B] labels).
 
   train=True: this input pipeline's shards (input_context: disjoint files per pipeline) in an
@@ -467,7 +468,7 @@ def create_split(config: DataConfig, train: bool, batch_size: int, *,
   (mid-epoch resume: with deterministic=True the rest are exactly the unskipped epoch's
   batches skip_batches, skip_batches + 1, ...), decoded, batched with drop_remainder.
   train=False: the validation split in file order, every example (the last batch may be
-  smaller).
+  smaller). split: another split read like validation (e.g. "test"); None: as `train` says.
 
   batch_size is what this pipeline yields: under a strategy, the per-replica batch
   (input_context.get_per_replica_batch_size(global_batch)).
@@ -476,7 +477,9 @@ def create_split(config: DataConfig, train: bool, batch_size: int, *,
   if batch_size < 1 or skip_batches < 0 or epoch < 0:
     raise ValueError(f"batch_size must be >= 1, epoch and skip_batches >= 0; received "
                      f"batch_size={batch_size}, epoch={epoch}, skip_batches={skip_batches}.")
-  split = "train" if train else "validation"
+  if split is not None and (train or split not in SPLITS):
+    raise ValueError(f"split must be one of {SPLITS} with train=False; received {split!r}.")
+  split = split or ("train" if train else "validation")
   if config.synthetic:
     return _synthetic_split(config, split, batch_size, epoch, skip_batches)
 

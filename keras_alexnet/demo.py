@@ -12,13 +12,15 @@ what you would run by hand (every command is printed):
   5. python -m keras_alexnet.export     the SavedModel (TF Serving's layout)
   6. python -m keras_alexnet.predict    the held-out JPEGs through the SavedModel, top-5 names
   7. conv1's 96 kernels as a PNG, laid out as the paper's Figure 3
+  8. python -m keras_alexnet.experiments.figure4   the paper's Figure 4 for this run: top-5
+     bars of validation images, and their nearest training images by fc7
 
 A second run reuses what exists; each step decides by its own completion marker (the
 dataset's manifest, the builder's dataset_info.json, the trainer's final checkpoint, an
-evaluation of the best checkpoint, an export of it). An interrupted run continues: the
-dataset is written whole or not at all, the builder resumes its shards, training resumes
-from its last checkpoint. The work folder carries a marker file; a folder that is not empty
-and has no marker (not made by the demo) is refused before anything is written.
+evaluation of the best checkpoint, an export of it, a figure4.json of it). An interrupted run
+continues: the dataset is written whole or not at all, the builder resumes its shards,
+training resumes from its last checkpoint. The work folder carries a marker file; a folder
+that is not empty and has no marker (not made by the demo) is refused before anything is written.
 """
 
 import dataclasses
@@ -160,6 +162,7 @@ def _paths(work_dir: str) -> dict:
               "evaluation": os.path.join(work_dir, "evaluation.json"),
               "kernels": os.path.join(work_dir, KERNELS_PNG),
               "learned": os.path.join(work_dir, LEARNED_PNG),
+              "figure4": os.path.join(work_dir, "figure4"),
               "summary": os.path.join(work_dir, SUMMARY)}
 
 
@@ -237,7 +240,7 @@ def run_demo(config: DemoConfig) -> dict:
   demo_data.check_config(config.data)
   claim_work_dir(work_dir)
   paths = _paths(work_dir)
-  steps = _Steps(7)
+  steps = _Steps(8)
   summary = {"work_dir": work_dir, "reused": []}
 
   # 1. The dataset.
@@ -324,13 +327,33 @@ def run_demo(config: DemoConfig) -> dict:
   write_kernels_png(paths["train"], paths["kernels"], paths["learned"])
   print(f"{paths['kernels']}: tower a's 48 kernels in the top 3 rows, tower b's below")
   print(f"{paths['learned']}: the same, minus their initial values (what training changed)")
+
+  # 8. Figure 4 of the best checkpoint.
+  from keras_alexnet.experiments import figure4   # pylint: disable=g-import-not-at-top
+  steps.begin("figure4", "Drawing the paper's Figure 4 (top-5 bars, fc7 nearest neighbours)")
+  drawn = _read_json(os.path.join(paths["figure4"], figure4.RESULTS_FILE))
+  if drawn and drawn.get("checkpoint") == best:
+    print(f"done already: {paths['figure4']}/{figure4.RESULTS_FILE} (checkpoint {best})")
+    summary["reused"].append("figure4")
+  else:
+    run_tool("keras_alexnet.experiments.figure4", [
+        f"--workdir={paths['train']}", f"--data_dir={paths['tfrecords']}",
+        f"--output_dir={paths['figure4']}", f"--chunk_size={config.eval_batch_size * 4}"])
+    drawn = _read_json(os.path.join(paths["figure4"], figure4.RESULTS_FILE))
+  same_class = [sum(n["label"] == q["label"] for n in q["neighbours"]) / len(q["neighbours"])
+                for q in drawn["queries"]]
+  print(f"{paths['figure4']}/: {figure4.LEFT_FILE}, {figure4.RIGHT_FILE}, "
+        f"{figure4.RESULTS_FILE}; of the {len(drawn['queries'][0]['neighbours'])} nearest "
+        "training images (fc7) of each validation image, "
+        f"{100 * float(np.mean(same_class)):.1f}% are of its class")
   steps.finish()
 
   summary.update({
       "seconds": steps.total_seconds(), "step_seconds": steps.seconds,
       "step_cpu_seconds": steps.cpu_seconds,
       "checkpoint": best, "saved_model": saved_model, "kernels_png": paths["kernels"],
-      "learned_png": paths["learned"],
+      "learned_png": paths["learned"], "figure4_dir": paths["figure4"],
+      "figure4_neighbours_same_class": float(np.mean(same_class)),
       "validation_examples": evaluation["examples"],
       "top1_accuracy": {v: 1 - results[v]["top1_error"] for v in ("center", "ten")},
       "top5_accuracy": {v: 1 - results[v]["top5_error"] for v in ("center", "ten")},

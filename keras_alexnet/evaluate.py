@@ -3,12 +3,15 @@
   python -m keras_alexnet.evaluate --workdirs=RUN [--which=best|latest]
   python -m keras_alexnet.evaluate --workdirs=RUN1,RUN2,...,RUN5     # and their ensemble
   python -m keras_alexnet.evaluate --checkpoint=RUN/checkpoints/step-00450000/ckpt
+  python -m keras_alexnet.evaluate --workdirs=RUN --split=test   # ILSVRC-2010's (Table 1)
 
 For each model: the centre 224x224 crop, and the paper's 10 views (section 4.1: four corners
 and the centre, and their mirrors) with the softmax averaged over the views. With several
 models, also their ensemble: the softmax (10-view averaged, for the 10-view row) averaged over
-the models, as the paper's "5 CNNs" row (section 6). Writes the results as JSON and prints a
-table.
+the models, as the paper's "5 CNNs" row (section 6). Members may differ in architecture (the
+"7 CNNs*" row averages two nets with a sixth conv layer and five without) as long as they
+were trained on the same classes. Writes the results as JSON and prints a table, with the
+paper's rows beside the measured ones.
 """
 
 import os
@@ -23,9 +26,14 @@ import numpy as np
 
 from keras_alexnet import config as config_lib
 
-# Section 6, Table 2 (ILSVRC-2012 validation).
+# Section 6, Table 2 (ILSVRC-2012 validation; * = pre-trained on the Fall 2011 release, with a
+# sixth conv layer: flags/pretrain_fall2011.cfg, flags/finetune_fall2011_to_2012.cfg).
 PAPER_RESULTS = {"1 CNN": {"top1_error": 0.407, "top5_error": 0.182},
-                 "5 CNNs": {"top1_error": 0.381, "top5_error": 0.164}}
+                 "5 CNNs": {"top1_error": 0.381, "top5_error": 0.164},
+                 "1 CNN*": {"top1_error": 0.390, "top5_error": 0.166},
+                 "7 CNNs*": {"top1_error": 0.367, "top5_error": 0.154}}
+# Section 6, Table 1 (ILSVRC-2010 test: flags/ilsvrc2010.cfg, evaluate --split=test).
+PAPER_RESULTS_2010 = {"CNN": {"top1_error": 0.375, "top5_error": 0.170}}
 TOP_K = (1, 5)
 RESULTS_FILE = "evaluation.json"
 
@@ -114,6 +122,7 @@ def evaluate(config: config_lib.EvalConfig) -> dict:
     raise ValueError(f"An ensemble needs models over the same classes; these have "
                      f"{sorted(classes)} classes: {paths}.")
   num_classes = classes.pop()
+  _check_same_classes(members)
   data_dir = config.data_dir or members[0]["metadata"]["data_dir"]
   data = dataset_lib.DataConfig(data_dir=data_dir,
                                 label_offset=members[0]["metadata"].get("data", {})
@@ -122,14 +131,17 @@ def evaluate(config: config_lib.EvalConfig) -> dict:
   if found["num_classes"] != num_classes:
     raise ValueError(f"The model has {num_classes} classes but the dataset in {data_dir} has "
                      f"{found['num_classes']}.")
-  if not found["num_examples"].get("validation"):
-    raise FileNotFoundError(f"{data_dir} holds no validation shards; build them with "
-                            f"`{dataset_lib.BUILD_COMMAND}`.")
+  if not found["num_examples"].get(config.split):
+    raise FileNotFoundError(f"{data_dir} holds no {config.split} shards; build them with "
+                            f"`{dataset_lib.BUILD_COMMAND}`"
+                            + (" (a test split: --layout=ilsvrc2010)." if config.split == "test"
+                               else "."))
 
   predictors = [_predictor(m["model"], m["stats"], m["mean"], config.views) for m in members]
   tallies = [{v: _Tally() for v in config.views} for _ in members]
   ensemble_tally = {v: _Tally() for v in config.views}
-  ds = dataset_lib.create_split(data, train=False, batch_size=config.batch_size)
+  ds = dataset_lib.create_split(data, train=False, batch_size=config.batch_size,
+                                split=config.split)
   if config.eval_steps:
     ds = ds.take(config.eval_steps)
   start = time.perf_counter()
@@ -144,12 +156,12 @@ def evaluate(config: config_lib.EvalConfig) -> dict:
   seconds = time.perf_counter() - start
 
   results = {
-      "data_dir": data_dir, "split": "validation",
+      "data_dir": data_dir, "split": config.split,
       "examples": tallies[0][config.views[0]].count, "seconds": seconds,
       "models": [{"path": m["name"], "checkpoint": m["metadata"]["checkpoint"],
                   **{v: t[v].errors() for v in config.views}}
                  for m, t in zip(members, tallies)],
-      "paper": PAPER_RESULTS,
+      "paper": PAPER_RESULTS, "paper_ilsvrc2010": PAPER_RESULTS_2010,
   }
   if len(members) > 1:
     results["ensemble"] = {"members": len(members),
@@ -160,6 +172,20 @@ def evaluate(config: config_lib.EvalConfig) -> dict:
   checkpointing.write_json_atomic(output, results)
   results["output"] = output
   return results
+
+
+def _check_same_classes(members) -> None:
+  """An ensemble averages class k of every member: the members' class lists (config.json's
+  "classes", wnids in label order) must be the same, not only as long."""
+  first = members[0]
+  for member in members[1:]:
+    a, b = first["metadata"].get("classes"), member["metadata"].get("classes")
+    if a is not None and b is not None and [c[0] for c in a] != [c[0] for c in b]:
+      differ = next(i for i, (x, y) in enumerate(zip(a, b)) if x[0] != y[0])
+      raise ValueError(
+          f"An ensemble needs models over the same classes in the same order; {member['name']} "
+          f"has class {differ} = {b[differ][0]!r} where {first['name']} has {a[differ][0]!r}. "
+          "Allowed: members trained on the same dataset (architectures may differ).")
 
 
 def format_table(results: dict) -> str:
@@ -177,13 +203,16 @@ def format_table(results: dict) -> str:
     add(f"ensemble of {results['ensemble']['members']}",
         {k: v for k, v in results["ensemble"].items() if k in names})
   for name, errors in results["paper"].items():
-    rows.append((f"paper, {name} (ILSVRC-2012)", "10 views", f"{100 * errors['top1_error']:.1f}%",
-                 f"{100 * errors['top5_error']:.1f}%"))
+    rows.append((f"paper, {name} (ILSVRC-2012 val)", "10 views",
+                 f"{100 * errors['top1_error']:.1f}%", f"{100 * errors['top5_error']:.1f}%"))
+  for name, errors in results.get("paper_ilsvrc2010", {}).items():
+    rows.append((f"paper, Table 1 {name} (ILSVRC-2010 test)", "10 views",
+                 f"{100 * errors['top1_error']:.1f}%", f"{100 * errors['top5_error']:.1f}%"))
   widths = [max(len(r[i]) for r in rows) for i in range(4)]
   lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
                      enumerate(zip(row, widths))) for row in rows]
   lines.insert(1, "-" * len(lines[0]))
-  return "\n".join(lines) + f"\n({results['examples']} validation images)"
+  return "\n".join(lines) + f"\n({results['examples']} {results.get('split', 'validation')} images)"
 
 
 FLAGS = flags.FLAGS

@@ -17,6 +17,8 @@ probabilities). Preprocessing and augmentation live in `keras_alexnet.preprocess
 
 The paper's switches for its ablations (section 3 and 4) are fields of `ModelConfig`:
 activation, LRN, overlapping pooling, dropout and the removal of a middle conv layer.
+`conv6` adds section 6's "extra sixth convolutional layer over the last pooling layer" (the
+"1 CNN*" row of Table 2).
 """
 
 import dataclasses
@@ -38,7 +40,12 @@ LRN_BETA = 0.75
 # the second, fourth, and fifth convolutional layers, as well as in the fully-connected hidden
 # layers, with the constant 1 ... the remaining layers with the constant 0".
 INIT_STDDEV = 0.01
-BIAS_ONE_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
+BIAS_ONE_LAYERS = ("conv2", "conv4", "conv5", "conv6", "fc6", "fc7")
+# conv6 (section 6 gives no shape; BUILD_NOTES "conv6" says why this one): 3x3, 256 maps, same
+# padding over pool5's 6x6x256, so fc6 keeps its 9216 inputs; within towers (128 per tower) as
+# conv4 and conv5, with bias 1 as they have.
+CONV6_WIDTH = 256
+CONV6_SIZE = 3
 
 VARIANTS = ("paper", "one_tower")
 ACTIVATIONS = ("relu", "tanh")
@@ -72,6 +79,7 @@ class ModelConfig:
   # unit-variance inputs; 1/64 brings the ~+-128 pixel range there. Part of the model, so
   # evaluation and export apply it without knowing of it.
   input_scale: float = 1.0
+  conv6: bool = False               # Section 6: the sixth conv layer over pool5 ("1 CNN*").
 
 
 def _check_config(config: ModelConfig):
@@ -105,6 +113,8 @@ def _check_config(config: ModelConfig):
           "expects)")
   if len(set(config.remove)) == len(REMOVABLE_LAYERS):
     bad("remove", tuple(config.remove), "at most two of conv3, conv4, conv5")
+  if not isinstance(config.conv6, bool):
+    bad("conv6", config.conv6, "True or False")
   if config.devices is not None:
     if config.variant != "paper":
       bad("devices (the two-tower split)", config.devices, "None for variant 'one_tower'")
@@ -407,7 +417,7 @@ def alexnet(config: Optional[ModelConfig] = None, **overrides) -> keras.Model:
   Returns a functional keras.Model from float32 [N, 224, 224, 3] (mean-subtracted) to
   logits [N, num_classes] (probabilities if config.softmax). Layers carry the paper's names:
   conv1, lrn1, pool1, conv2_a/conv2_b, lrn2, pool2, conv3, conv4_a/b, conv5_a/b, pool5,
-  fc6, dropout6, fc7, dropout7, fc8.
+  (with conv6: conv6_a/b), fc6, dropout6, fc7, dropout7, fc8.
   """
   config = dataclasses.replace(config or ModelConfig(), **overrides)
   _check_config(config)
@@ -487,6 +497,11 @@ def alexnet(config: Optional[ModelConfig] = None, **overrides) -> keras.Model:
   if pair:
     x = concat(pair, last)
   x = pool("pool5")(x)                                             # 6x6
+  if config.conv6:   # Section 6: "an extra sixth convolutional layer over the last pooling layer"
+    if towers:
+      x = concat(in_towers(split(x, "conv6"), "conv6", CONV6_WIDTH, CONV6_SIZE), "conv6")
+    else:
+      x = conv("conv6", CONV6_WIDTH, CONV6_SIZE)(x)               # still 6x6x256
 
   x = keras.layers.Flatten(name="flatten")(x)
   for name in ("fc6", "fc7"):

@@ -40,16 +40,17 @@ def test_the_whole_chain_then_a_rerun_that_reuses_it(tmp_path):
   first = _demo(work, *TINY_DEMO)
   assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
   assert not (work / ".tmp-images-4242").exists()
-  for n in range(1, 8):
-    assert f"[{n}/7]" in first.stdout
+  for n in range(1, 9):
+    assert f"[{n}/8]" in first.stdout
   for tool in ("tfrecords.build", "keras_alexnet.train --flagfile=", "keras_alexnet.evaluate",
-               "keras_alexnet.export", "keras_alexnet.predict"):
+               "keras_alexnet.export", "keras_alexnet.predict",
+               "keras_alexnet.experiments.figure4"):
     assert f"$ -m {tool}" in first.stdout
 
   summary = json.loads((work / demo.SUMMARY).read_text())
   assert summary["reused"] == []
   assert summary["validation_examples"] == 6
-  steps = {"dataset", "build", "train", "evaluate", "export", "predict", "kernels"}
+  steps = {"dataset", "build", "train", "evaluate", "export", "predict", "kernels", "figure4"}
   assert set(summary["step_seconds"]) == set(summary["step_cpu_seconds"]) == steps
   assert summary["step_cpu_seconds"]["train"] > 0
   for view in ("center", "ten"):
@@ -73,11 +74,18 @@ def test_the_whole_chain_then_a_rerun_that_reuses_it(tmp_path):
     with Image.open(work / name) as png:
       assert png.format == "PNG" and png.size == ((3 * 12 + 1) * 4, (3 * 12 + 1) * 4), name
   assert summary["learned_png"] == str(work / demo.LEARNED_PNG)
+  # Figure 4 of the run: every validation image a query, 6 neighbours each, both panels.
+  figure = json.loads((work / "figure4" / "figure4.json").read_text())
+  assert figure["checkpoint"] == summary["checkpoint"] and len(figure["queries"]) == 6
+  assert all(len(q["neighbours"]) == 6 for q in figure["queries"])
+  assert 0 <= summary["figure4_neighbours_same_class"] <= 1
+  with Image.open(work / "figure4" / "figure4_right.png") as png:
+    assert png.format == "PNG" and png.size == (160 * 7, 180 * 5)
 
   second = _demo(work, *TINY_DEMO)
   assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
   again = json.loads((work / demo.SUMMARY).read_text())
-  assert again["reused"] == ["dataset", "build", "evaluate", "export"]
+  assert again["reused"] == ["dataset", "build", "evaluate", "export", "figure4"]
   assert again["saved_model"] == summary["saved_model"]
   assert again["top1_accuracy"] == summary["top1_accuracy"]
   assert "$ -m tfrecords.build" not in second.stdout

@@ -38,6 +38,7 @@ from PIL import Image
 from keras_alexnet import dataset_info
 from keras_alexnet import features
 from . import image
+from . import releases
 from . import sources
 from . import statistics
 from .sources import InputError
@@ -71,7 +72,7 @@ STATE_DIR = ".build"            # per-shard statistics of an unfinished build
 STATE_FILENAME = "build.json"
 LABELS_FILENAME = "labels.txt"
 SKIPPED_FILENAME = "skipped.txt"
-SHARD_PATTERN = re.compile(r"(train|validation)-\d{5}-of-\d{5}")
+SHARD_PATTERN = re.compile(r"(train|validation|test)-\d{5}-of-\d{5}")
 TEMP_PREFIX = ".tmp-"
 _PROGRESS_EVERY = 16            # images between updates of the shared progress counter
 # TensorFlow is imported only where records are written or read (the worker functions): the
@@ -101,6 +102,13 @@ class BuildConfig:
   num_hosts: int = 1
   overwrite: bool = False
   progress: bool = True
+  # Other releases (tfrecords/releases.py): ILSVRC-2010's test split and devkit files, and the
+  # seeded per-class hold-out for datasets without a validation split (Fall 2011).
+  test_shards: Optional[int] = None      # None: as many as validation_shards
+  validation_fraction: Optional[float] = None
+  test_labels_file: Optional[str] = None
+  meta_file: Optional[str] = None
+  devkit_dir: Optional[str] = None       # ILSVRC-2010's devkit, if not under --input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,19 +129,27 @@ def _check_config(config: BuildConfig) -> None:
     problems.append(f"--jpeg_quality={config.jpeg_quality} must be in 1..100")
   if config.image_size is not None and config.image_size < 1:
     problems.append(f"--resize={config.image_size} must be a positive size or 'none'")
-  for name in ("train_shards", "validation_shards"):
+  for name in ("train_shards", "validation_shards", "test_shards"):
     value = getattr(config, name)
+    if name == "test_shards" and value is None:
+      continue   # as --validation_shards
     if value != AUTO and not (isinstance(value, int) and 1 <= value <= MAX_SHARDS):
       problems.append(f"--{name}={value} must be 'auto' or a number in 1..{MAX_SHARDS}")
+  try:
+    releases.check_fraction(config.validation_fraction)
+  except InputError as e:
+    problems.append(str(e))
   if config.num_workers < 0:
     problems.append(f"--num_workers={config.num_workers} must be >= 0 (0: one per core)")
   if not 0 <= config.host_index < config.num_hosts:
     problems.append(f"--host_index={config.host_index} must be in 0..--num_hosts-1 "
                     f"(--num_hosts={config.num_hosts})")
-  for name in ("classes_file", "validation_labels_file"):
+  for name in ("classes_file", "validation_labels_file", "test_labels_file", "meta_file"):
     path = getattr(config, name)
     if path and not os.path.isfile(path):
       problems.append(f"--{name}={path} does not exist")
+  if config.devkit_dir and not os.path.isdir(config.devkit_dir):
+    problems.append(f"--devkit_dir={config.devkit_dir} is not a folder")
   if os.path.exists(config.output_dir) and not os.path.isdir(config.output_dir):
     problems.append(f"--output_dir={config.output_dir} is a file")
   if problems:
@@ -149,7 +165,9 @@ def num_workers(requested: int) -> int:
 
 
 def _imagenet_sized(split: str, num_images: int) -> bool:
-  return abs(num_images - IMAGENET_IMAGES[split]) <= IMAGENET_TOLERANCE * IMAGENET_IMAGES[split]
+  # ILSVRC-2012 has no test split with labels: a test split (ILSVRC-2010's) is sized by bytes.
+  return (split in IMAGENET_IMAGES and
+          abs(num_images - IMAGENET_IMAGES[split]) <= IMAGENET_TOLERANCE * IMAGENET_IMAGES[split])
 
 
 def auto_num_shards(split: str, num_images: int, num_bytes: Optional[int],
@@ -199,7 +217,8 @@ def _shard_counts(source: sources.Source, config: BuildConfig, writers: int) -> 
     if split not in source.splits:
       continue
     items = source.splits[split]
-    flag = "train_shards" if split == "train" else "validation_shards"
+    flag = {"train": "train_shards", "validation": "validation_shards",
+            "test": "validation_shards" if config.test_shards is None else "test_shards"}[split]
     value = getattr(config, flag)
     if value != AUTO:
       if items:
@@ -230,7 +249,7 @@ def _shards(source: sources.Source, config: BuildConfig, counts: dict) -> list[_
       continue
     num_shards = counts[split]["num_shards"]
     if num_shards > len(items):
-      flag = "train_shards" if split == "train" else "validation_shards"
+      flag = f"{split}_shards"
       raise InputError(f"--{flag}={num_shards} is more than the {len(items)} {split} images; "
                        f"pass --{flag}=N with N <= {len(items)}, or --{flag}=auto")
     # random.Random with a str seed hashes it with SHA-512: the same order on every platform.
@@ -284,6 +303,12 @@ def _build_record(source: sources.Source, config: BuildConfig, counts: dict) -> 
       "classes_file": config.classes_file and os.path.abspath(config.classes_file),
       "validation_labels_file": (config.validation_labels_file
                                  and os.path.abspath(config.validation_labels_file)),
+      # Only when set, so that the record of a build without them is what it always was.
+      **({"validation_fraction": config.validation_fraction}
+         if config.validation_fraction is not None else {}),
+      **{name: os.path.abspath(getattr(config, name)) for name in ("test_labels_file",
+                                                                  "meta_file", "devkit_dir")
+         if getattr(config, name)},
   }
 
 
@@ -593,8 +618,10 @@ def build(config: BuildConfig) -> Optional[dict]:
   try:
     map_fn = (lambda f, xs: get_pool().imap(f, xs, chunksize=8)) if workers > 1 else map
     started = time.monotonic()
-    source = sources.find_source(config.input, config.layout, config.classes_file,
-                                 config.validation_labels_file, map_fn)
+    source = releases.find_source(
+        config.input, config.layout, config.classes_file, config.validation_labels_file,
+        config.test_labels_file, config.meta_file, config.validation_fraction, config.seed,
+        map_fn, config.devkit_dir)
     counts = _shard_counts(source, config, workers * config.num_hosts)
     record = _build_record(source, config, counts)
     _keep_auto_counts(counts, record, _previous_build(config.output_dir)[1])
@@ -784,7 +811,9 @@ def main(argv) -> None:
       seed=FLAGS.seed, classes_file=FLAGS.classes_file,
       validation_labels_file=FLAGS.validation_labels_file, num_workers=FLAGS.num_workers,
       host_index=FLAGS.host_index, num_hosts=FLAGS.num_hosts, overwrite=FLAGS.overwrite,
-      progress=FLAGS.progress)
+      progress=FLAGS.progress, test_shards=FLAGS.test_shards,
+      validation_fraction=FLAGS.validation_fraction, test_labels_file=FLAGS.test_labels_file,
+      meta_file=FLAGS.meta_file, devkit_dir=FLAGS.devkit_dir)
   try:
     if config.input is not None or not FLAGS.verify:
       info = build(config)
@@ -808,7 +837,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("input", None, "Folder with ILSVRC2012_img_{train,val}.tar, or train/ and "
                       "val/ folders (ILSVRC extracted, or any <split>/<class>/ images).")
   flags.DEFINE_string("output_dir", None, "Where the shards and dataset_info.json go.")
-  flags.DEFINE_enum("layout", "auto", sources.LAYOUTS, "Force the input layout.")
+  flags.DEFINE_enum("layout", "auto", releases.LAYOUTS, "Force the input layout (fall2011 and "
+                    "ilsvrc2010: see tfrecords/releases.py).")
   flags.DEFINE_string("resize", str(DEFAULT_IMAGE_SIZE), "Shorter side resized to N, then the "
                       "central NxN crop (the paper: 256); 'none' keeps the original pixels.")
   flags.DEFINE_integer("jpeg_quality", DEFAULT_JPEG_QUALITY, "JPEG quality of re-encoded images.")
@@ -830,6 +860,19 @@ def _define_flags() -> None:
   flags.DEFINE_bool("overwrite", False, "Replace a different dataset in --output_dir.")
   flags.DEFINE_bool("verify", False, "Afterwards, re-read every shard and check it.")
   flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
+  flags.DEFINE_integer("test_shards", None, "Test shards (ILSVRC-2010); default: as "
+                       "--validation_shards says (auto: sized by the test split's bytes).")
+  flags.DEFINE_float("validation_fraction", None, "Hold out this share (in (0, 1)) of every "
+                     "class's training images, seeded by --seed, as the validation split: for "
+                     "datasets without one (Fall 2011, class folders with only train/).")
+  flags.DEFINE_string("test_labels_file", None, "ILSVRC-2010: the test ground truth (default: "
+                      "ILSVRC2010_test_ground_truth.txt found under --input).")
+  flags.DEFINE_string("devkit_dir", None, "ILSVRC-2010: the extracted devkit (its data/ holds "
+                      "meta.mat and ILSVRC2010_validation_ground_truth.txt), when not under "
+                      "--input.")
+  flags.DEFINE_string("meta_file", None, "ILSVRC-2010: the devkit's meta.mat (needs scipy) or "
+                      "'ILSVRC2010_ID wnid [words]' lines (default: meta.mat/meta.txt found "
+                      "under --input).")
   flags.mark_flag_as_required("output_dir")
 
 

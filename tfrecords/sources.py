@@ -15,15 +15,18 @@ wnids, the ids of --classes_file, or the class folder names).
 
 import collections
 import dataclasses
+import gzip
+import io
 import os
 import re
 import tarfile
+import zlib
 from typing import Callable, Iterable, Optional
 
 from keras_alexnet import data as ilsvrc
 
 LAYOUTS = ("auto", "ilsvrc_tars", "ilsvrc_folders", "class_folders")
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")   # test: ILSVRC-2010 (tfrecords/releases.py)
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VALIDATION_TAR = "ILSVRC2012_img_val.tar"
 # Folder names accepted for each split.
@@ -58,9 +61,28 @@ class Source:
 def read_bytes(item: Item) -> bytes:
   with open(item.path, "rb") as f:
     if item.size < 0:
-      return f.read()
-    f.seek(item.offset)
-    return f.read(item.size)
+      data = f.read()
+    else:
+      f.seek(item.offset)
+      data = f.read(item.size)
+  return _gunzipped(data)
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_MAX_GUNZIPPED = 256 << 20   # no image is larger; a gzip bomb is cut here and then skipped
+
+
+def _gunzipped(data: bytes) -> bytes:
+  """Some ILSVRC-2010 images are gzip files of a JPEG (fuel's ILSVRC-2010 converter reads them
+  so): the JPEG inside, or `data` itself when it is no (complete) gzip stream."""
+  if not data.startswith(_GZIP_MAGIC):
+    return data
+  try:
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+      inner = f.read(_MAX_GUNZIPPED + 1)
+  except (OSError, EOFError, zlib.error):
+    return data
+  return inner if len(inner) <= _MAX_GUNZIPPED else data
 
 
 def _hidden(name: str) -> bool:
