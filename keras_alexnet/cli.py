@@ -8,7 +8,6 @@ line, so that a recipe's nested `--flagfile=flags/paper.cfg` works after `pip in
 directory too (absl itself would read it relative to the working directory).
 """
 
-import importlib.util
 import os
 import sys
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -27,13 +26,10 @@ _MAX_DEPTH = 20   # nested includes; a file that includes itself would recurse f
 
 
 def builder_module() -> str:
-  """The dataset builder's module: keras_alexnet.tfrecords.build where the package was
-  installed with it (setup.py), else the checkout's tfrecords.build."""
-  try:
-    if importlib.util.find_spec("keras_alexnet.tfrecords") is not None:
-      return "keras_alexnet.tfrecords.build"
-  except ImportError:
-    pass
+  """The dataset builder's module: the checkout's tfrecords.build (editable installs included),
+  else keras_alexnet.tfrecords.build, where a wheel installed it (setup.py)."""
+  if os.path.isdir(os.path.join(_PACKAGE, "tfrecords")):
+    return "keras_alexnet.tfrecords.build"
   return "tfrecords.build"
 
 

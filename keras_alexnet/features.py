@@ -5,8 +5,9 @@ these shards. One difference, recorded in dataset_info.json as "label_offset": 0
 here are 0-based (the index of the wnid in the sorted list of 1000, as in Caffe, TFDS, Keras
 and torchvision), whereas the Model Garden's converter writes 1..1000 with 0 for background.
 
-TensorFlow is imported on first use (FEATURE_SPEC, make_example), not with this module: the
-builder's command checks its flags and input before paying for TF's multi-second import.
+TensorFlow is imported on first use (FEATURE_SPEC, make_example), not by this module itself;
+the package's __init__ imports it anyway (it registers the Keras layers: BUILD_NOTES.md,
+"Packaging and first contact").
 """
 
 import functools

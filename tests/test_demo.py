@@ -45,7 +45,7 @@ def test_the_whole_chain_then_a_rerun_that_reuses_it(tmp_path):
   for tool in ("tfrecords.build", "keras_alexnet.train --flagfile=", "keras_alexnet.evaluate",
                "keras_alexnet.export", "keras_alexnet.predict",
                "keras_alexnet.experiments.figure4"):
-    assert f"$ -m {tool}" in first.stdout
+    assert f"$ python -m {tool}" in first.stdout
 
   summary = json.loads((work / demo.SUMMARY).read_text())
   assert summary["reused"] == []
@@ -88,7 +88,7 @@ def test_the_whole_chain_then_a_rerun_that_reuses_it(tmp_path):
   assert again["reused"] == ["dataset", "build", "evaluate", "export", "figure4"]
   assert again["saved_model"] == summary["saved_model"]
   assert again["top1_accuracy"] == summary["top1_accuracy"]
-  assert "$ -m tfrecords.build" not in second.stdout
+  assert "$ python -m tfrecords.build" not in second.stdout
   assert os.listdir(work / "export") == ["1"]
 
 

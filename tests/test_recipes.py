@@ -38,11 +38,11 @@ def _parse(argv):
 
 
 def test_recipe_flagfiles_parse(tmp_path, monkeypatch):
-  monkeypatch.chdir(REPO)   # nested flagfiles are named relative to the repository
+  monkeypatch.chdir(REPO)   # absl reads the nested flagfiles relative to the working directory
   common = [f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'run'}"]
   pretrain = _parse(["--flagfile=flags/pretrain_fall2011.cfg", *common])
   assert pretrain.model.conv6 and pretrain.model.variant == "paper"
-  assert pretrain.train.learning_rate == 0.01 and pretrain.train.strategy == "two_tower"
+  assert pretrain.train.learning_rate == 0.01 and pretrain.train.strategy == "auto"
   finetune = _parse(["--flagfile=flags/finetune_fall2011_to_2012.cfg",
                      "--init_checkpoint=/runs/fall11-conv6", *common])
   assert finetune.model.conv6 and finetune.train.init_checkpoint == "/runs/fall11-conv6"

@@ -165,12 +165,14 @@ def test_21841_classes_label_map_shards_and_statistics(tmp_path):
                              0.25, seed=0)
   assert len(source.splits["validation"]) == n and len(source.splits["train"]) == 3 * n
   assert {i.label for i in source.splits["validation"]} == set(range(n))
-  config = build.BuildConfig(input=str(tmp_path), output_dir=str(tmp_path / "out"))
-  tasks = build._shards(source, config)
+  config = build.BuildConfig(input=str(tmp_path), output_dir=str(tmp_path / "out"),
+                             train_shards=1024, validation_shards=128)
+  counts = build._shard_counts(source, config, writers=1)
+  tasks = build._shards(source, config, counts)
   assert [sum(t.split == s for t in tasks) for s in ("train", "validation")] == [1024, 128]
   assert sum(len(t.items) for t in tasks) == 4 * n
-  assert build._build_record(source, config)["num_shards"] == {"train": 1024,
-                                                               "validation": 128}
+  assert build._build_record(source, config, counts)["num_shards"] == {"train": 1024,
+                                                                       "validation": 128}
   # The statistics are a mean image and RGB moments: the same bytes for any class count.
   stats = statistics.PixelStatistics(256)
   stats.add(np.zeros((256, 256, 3), np.uint8))

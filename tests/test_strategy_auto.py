@@ -41,7 +41,7 @@ def test_the_rule_counts_gpus_then_logical_cpus():
 
 
 def test_auto_on_two_logical_cpu_devices_is_two_tower_and_says_so(caplog):
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):
     strategy, towers = training.make_strategy(config_lib.TrainConfig(strategy="auto"))
   assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
   assert [training._device_key(d) for d in towers] == ["/cpu:0", "/cpu:1"]
@@ -62,7 +62,7 @@ def test_auto_with_the_test_net_on_two_devices_is_mirrored(monkeypatch):
 
 def test_mirrored_on_one_device_says_it_runs_one_replica(caplog, monkeypatch):
   tiny_data.unique_collective_keys(monkeypatch)
-  with caplog.at_level(logging.WARNING):
+  with caplog.at_level(logging.WARNING, logger="absl"):
     strategy, _ = training.make_strategy(
         config_lib.TrainConfig(strategy="mirrored", devices=("/cpu:0",)))
   assert strategy.num_replicas_in_sync == 1
