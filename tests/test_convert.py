@@ -1,0 +1,496 @@
+"""keras_alexnet.convert: each source format, written here with random weights by the source's
+own tooling (torch.save, torch.onnx.export / onnx.helper, numpy's pickle, protobuf messages),
+converted, and compared with an independent forward pass of the source's semantics
+(torch.nn.functional with the source's padding, groups, LRN and flatten order; onnxruntime for
+ONNX). End to end for torchvision and Caffe: the commands convert and export, and a fresh
+process answers 256x256 PNG bytes with the probabilities of the source's own pipeline.
+
+The nets are the full-size ones (about 61M parameters, 244 MB a file): each test runs one
+forward at batch 1-2 and the conversions are shared by module fixtures.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+from PIL import Image
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+import torch.nn.functional as F  # noqa: E402
+
+from keras_alexnet import checkpointing  # noqa: E402
+from keras_alexnet import convert  # noqa: E402
+from tiny_data import child_env, encode, photo  # noqa: E402  tests/tiny_data.py
+
+ENV = child_env()
+CAFFE_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434])  # Caffe's example
+TORCH_MEAN = np.array([0.485, 0.456, 0.406])
+TORCH_STD = np.array([0.229, 0.224, 0.225])
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+CAFFE_SHAPES = {"conv1": (96, 3, 11, 11), "conv2": (256, 48, 5, 5), "conv3": (384, 256, 3, 3),
+                "conv4": (384, 192, 3, 3), "conv5": (256, 192, 3, 3), "fc6": (4096, 9216),
+                "fc7": (4096, 4096), "fc8": (1000, 4096)}
+TORCH_SHAPES = {"conv1": (64, 3, 11, 11), "conv2": (192, 64, 5, 5), "conv3": (384, 192, 3, 3),
+                "conv4": (256, 384, 3, 3), "conv5": (256, 256, 3, 3), "fc6": (4096, 9216),
+                "fc7": (4096, 4096), "fc8": (1000, 4096)}
+
+
+def run(args, **kwargs):
+  return subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600, **kwargs)
+
+
+def random_params(shapes, seed, input_scale):
+  """(out, in/g, kh, kw) / (out, in) weights with He-like scales for inputs of `input_scale`,
+  so activations stay O(input) through the net (LRN then matters: alpha/n sum a^2 ~ 1), and
+  fc8 small enough that the softmax is not one-hot."""
+  rng = np.random.default_rng(seed)
+  params = {}
+  for layer in LAYERS:
+    shape = shapes[layer]
+    fan_in = int(np.prod(shape[1:]))
+    scale = np.sqrt(2.0 / fan_in) * (1.0 / input_scale if layer == "conv1" else 1.0)
+    if layer == "fc8":
+      scale *= 0.05
+    params[layer] = (rng.normal(0, scale, shape).astype(np.float32),
+                     rng.normal(0, 0.1, shape[0]).astype(np.float32))
+  return params
+
+
+# ---------------------------------------------------------------------------------------------
+# The sources' semantics, independently, in torch (NCHW).
+
+
+def caffe_forward(params, x, lrn_k=1.0):
+  """bvlc_alexnet's deploy.prototxt: conv1 11/4 unpadded, relu, LRN (local_size 5, alpha 1e-4,
+  beta 0.75, k 1; torch divides alpha by size as Caffe does), max pool 3/2 ceil mode, conv2
+  pad 2 group 2, ..., conv4/conv5 group 2, fc6 on pool5 flattened (C, H, W)."""
+  t = {k: (torch.from_numpy(w), torch.from_numpy(b)) for k, (w, b) in params.items()}
+
+  def lrn(v):
+    return F.local_response_norm(v, size=5, alpha=1e-4, beta=0.75, k=lrn_k)
+
+  def pool(v):
+    return F.max_pool2d(v, 3, 2, ceil_mode=True)
+
+  x = pool(lrn(F.relu(F.conv2d(x, *t["conv1"], stride=4))))
+  x = pool(lrn(F.relu(F.conv2d(x, *t["conv2"], padding=2, groups=2))))
+  x = F.relu(F.conv2d(x, *t["conv3"], padding=1))
+  x = F.relu(F.conv2d(x, *t["conv4"], padding=1, groups=2))
+  x = pool(F.relu(F.conv2d(x, *t["conv5"], padding=1, groups=2)))
+  x = torch.flatten(x, 1)
+  x = F.relu(F.linear(x, *t["fc6"]))
+  x = F.relu(F.linear(x, *t["fc7"]))
+  return F.linear(x, *t["fc8"])
+
+
+class TorchvisionAlexNet(torch.nn.Module):
+  """torchvision.models.AlexNet's layout (its state_dict keys), written out here."""
+
+  def __init__(self):
+    super().__init__()
+    nn = torch.nn
+    self.features = nn.Sequential(
+        nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+    self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+    self.classifier = nn.Sequential(
+        nn.Dropout(), nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(), nn.Linear(4096, 4096),
+        nn.ReLU(), nn.Linear(4096, 1000))
+
+  def forward(self, x):
+    return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def torchvision_module(params):
+  net = TorchvisionAlexNet().eval()
+  layers = [net.features[i] for i in (0, 3, 6, 8, 10)] + [net.classifier[i] for i in (1, 4, 6)]
+  with torch.no_grad():
+    for layer, name in zip(layers, LAYERS):
+      layer.weight.copy_(torch.from_numpy(params[name][0]))
+      layer.bias.copy_(torch.from_numpy(params[name][1]))
+  return net
+
+
+def torchvision_forward(params, x):
+  """torchvision's AlexNet in functional form: conv1 padding 2, floor pooling, no LRN."""
+  t = {k: (torch.from_numpy(w), torch.from_numpy(b)) for k, (w, b) in params.items()}
+  x = F.max_pool2d(F.relu(F.conv2d(x, *t["conv1"], stride=4, padding=2)), 3, 2)
+  x = F.max_pool2d(F.relu(F.conv2d(x, *t["conv2"], padding=2)), 3, 2)
+  x = F.relu(F.conv2d(x, *t["conv3"], padding=1))
+  x = F.relu(F.conv2d(x, *t["conv4"], padding=1))
+  x = F.max_pool2d(F.relu(F.conv2d(x, *t["conv5"], padding=1)), 3, 2)
+  x = torch.flatten(F.adaptive_avg_pool2d(x, (6, 6)), 1)
+  x = F.relu(F.linear(x, *t["fc6"]))
+  x = F.relu(F.linear(x, *t["fc7"]))
+  return F.linear(x, *t["fc8"])
+
+
+def caffe_pipeline(image_rgb, params):
+  """Caffe's classification: BGR, minus the mean, the 227 crop at (256 - 227) // 2 = 14."""
+  bgr = image_rgb[..., ::-1].astype(np.float64) - CAFFE_MEAN_BGR
+  crop = bgr[14:14 + 227, 14:14 + 227]
+  x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)[None], np.float32))
+  return torch.softmax(caffe_forward(params, x), -1).numpy()[0]
+
+
+def torchvision_pipeline(image_rgb, params):
+  """torchvision's eval transform of a 256x256 image: Resize(256) is the identity,
+  CenterCrop(224) starts at 16, ToTensor /255, Normalize."""
+  x = (image_rgb.astype(np.float64) / 255 - TORCH_MEAN) / TORCH_STD
+  crop = x[16:240, 16:240]
+  x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)[None], np.float32))
+  return torch.softmax(torchvision_forward(params, x), -1).numpy()[0]
+
+
+def assert_close(ours, reference):
+  """1e-5 relative to the scale of the reference."""
+  ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+  np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5 * np.abs(reference).max())
+
+
+# ---------------------------------------------------------------------------------------------
+# The files, in each source's own format.
+
+
+def write_torchvision(path, params):
+  torch.save(torchvision_module(params).state_dict(), path)
+
+
+def write_npy(path, params):
+  """caffe-tensorflow's layout: convs (kh, kw, in/g, out), fc (in, out), fc6's rows in pool5's
+  (H, W, C) order; some layers as {'weights', 'biases'}, others as [weights, biases]."""
+  out = {}
+  for layer, (w, b) in params.items():
+    if layer.startswith("conv"):
+      w = w.transpose(2, 3, 1, 0)
+    elif layer == "fc6":
+      w = w.reshape(4096, 256, 6, 6).transpose(2, 3, 1, 0).reshape(9216, 4096)
+    else:
+      w = w.T
+    out[layer] = {"weights": w, "biases": b} if layer in ("conv1", "fc6") else [w, b]
+  np.save(path, out, allow_pickle=True)
+
+
+def caffe_proto_classes():
+  """The messages of caffe.proto that carry weights, with caffe.proto's field numbers, built
+  here on their own (not with the converter's schema)."""
+  from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+  F_ = descriptor_pb2.FieldDescriptorProto
+  proto = descriptor_pb2.FileDescriptorProto(name="test_caffe.proto", package="testcaffe")
+  spec = {
+      "BlobShape": [("dim", 1, F_.TYPE_INT64, F_.LABEL_REPEATED, None)],
+      "BlobProto": [("num", 1, F_.TYPE_INT32, F_.LABEL_OPTIONAL, None),
+                    ("channels", 2, F_.TYPE_INT32, F_.LABEL_OPTIONAL, None),
+                    ("height", 3, F_.TYPE_INT32, F_.LABEL_OPTIONAL, None),
+                    ("width", 4, F_.TYPE_INT32, F_.LABEL_OPTIONAL, None),
+                    ("data", 5, F_.TYPE_FLOAT, F_.LABEL_REPEATED, None),
+                    ("diff", 6, F_.TYPE_FLOAT, F_.LABEL_REPEATED, None),
+                    ("shape", 7, F_.TYPE_MESSAGE, F_.LABEL_OPTIONAL, "BlobShape")],
+      "V1LayerParameter": [("bottom", 2, F_.TYPE_STRING, F_.LABEL_REPEATED, None),
+                           ("top", 3, F_.TYPE_STRING, F_.LABEL_REPEATED, None),
+                           ("name", 4, F_.TYPE_STRING, F_.LABEL_OPTIONAL, None),
+                           ("type", 5, F_.TYPE_INT32, F_.LABEL_OPTIONAL, None),
+                           ("blobs", 6, F_.TYPE_MESSAGE, F_.LABEL_REPEATED, "BlobProto")],
+      "LayerParameter": [("name", 1, F_.TYPE_STRING, F_.LABEL_OPTIONAL, None),
+                         ("type", 2, F_.TYPE_STRING, F_.LABEL_OPTIONAL, None),
+                         ("bottom", 3, F_.TYPE_STRING, F_.LABEL_REPEATED, None),
+                         ("top", 4, F_.TYPE_STRING, F_.LABEL_REPEATED, None),
+                         ("blobs", 7, F_.TYPE_MESSAGE, F_.LABEL_REPEATED, "BlobProto")],
+      "NetParameter": [("name", 1, F_.TYPE_STRING, F_.LABEL_OPTIONAL, None),
+                       ("layers", 2, F_.TYPE_MESSAGE, F_.LABEL_REPEATED, "V1LayerParameter"),
+                       ("layer", 100, F_.TYPE_MESSAGE, F_.LABEL_REPEATED, "LayerParameter")],
+  }
+  for name, fields in spec.items():
+    message = proto.message_type.add(name=name)
+    for field, number, kind, label, type_name in fields:
+      f = message.field.add(name=field, number=number, type=kind, label=label)
+      if type_name:
+        f.type_name = f".testcaffe.{type_name}"
+      if kind == F_.TYPE_FLOAT or field == "dim":
+        f.options.packed = True
+  pool = descriptor_pool.DescriptorPool()
+  pool.Add(proto)
+  return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"testcaffe.{name}"))
+          for name in spec}
+
+
+def write_caffemodel(path, params, layout):
+  """layout "new": NetParameter.layer (type strings, BlobShape dims); "v1": the old
+  NetParameter.layers (V1 enum types, legacy num/channels/height/width dims, fc as
+  (1, 1, out, in)), with the data layers, ReLUs and LRNs around as a real file has them."""
+  m = caffe_proto_classes()
+  net = m["NetParameter"](name="AlexNet")
+  others = {"relu1": "ReLU", "norm1": "LRN", "pool1": "Pooling", "drop6": "Dropout"}
+  if layout == "new":
+    net.layer.add(name="data", type="Input", top=["data"])
+    for name in LAYERS:
+      layer = net.layer.add(name=name, type="Convolution" if name[:4] == "conv" else
+                            "InnerProduct")
+      for array in params[name]:
+        blob = layer.blobs.add()
+        blob.shape.dim.extend(array.shape)
+        blob.data.extend(array.ravel().tolist())
+      if name == "conv1":
+        for other, kind in others.items():
+          net.layer.add(name=other, type=kind)
+  else:
+    net.layers.add(name="data", type=5)                   # DATA
+    for name in LAYERS:
+      layer = net.layers.add(name=name, type=4 if name[:4] == "conv" else 14)
+      for array in params[name]:
+        dims = (1,) * (4 - array.ndim) + array.shape
+        blob = layer.blobs.add(num=dims[0], channels=dims[1], height=dims[2], width=dims[3])
+        blob.data.extend(array.ravel().tolist())
+      if name == "conv1":
+        net.layers.add(name="relu1", type=18)
+        net.layers.add(name="norm1", type=15)
+  with open(path, "wb") as f:
+    f.write(net.SerializeToString())
+
+
+def write_caffe_onnx(path, params, size=224):
+  """The ONNX model zoo's bvlcalexnet layout (a Caffe net through caffe2): NCHW BGR input of
+  224, LRN nodes, pool1 padded at the bottom/right to Caffe's ceil size, softmax output."""
+  from onnx import TensorProto, helper, numpy_helper
+  nodes, inits = [], []
+
+  def init(name, array):
+    inits.append(numpy_helper.from_array(array, name))
+    return name
+
+  def conv(x, layer, pads, group, stride=1):
+    w, b = params[layer]
+    nodes.append(helper.make_node("Conv", [x, init(f"{layer}_w", w), init(f"{layer}_b", b)],
+                                  [layer], name=layer, kernel_shape=list(w.shape[2:]),
+                                  strides=[stride] * 2, pads=[pads] * 4, group=group))
+    nodes.append(helper.make_node("Relu", [layer], [f"{layer}_relu"]))
+    return f"{layer}_relu"
+
+  def lrn(x, name):
+    nodes.append(helper.make_node("LRN", [x], [name], size=5, alpha=1e-4, beta=0.75, bias=1.0))
+    return name
+
+  def pool(x, name, pads):
+    nodes.append(helper.make_node("MaxPool", [x], [name], kernel_shape=[3, 3], strides=[2, 2],
+                                  pads=pads))
+    return name
+
+  x = pool(lrn(conv("data_0", "conv1", 0, 1, 4), "norm1"), "pool1", [0, 0, 1, 1])
+  x = pool(lrn(conv(x, "conv2", 2, 2), "norm2"), "pool2", [0, 0, 0, 0])
+  x = conv(conv(x, "conv3", 1, 1), "conv4", 1, 2)
+  x = pool(conv(x, "conv5", 1, 2), "pool5", [0, 0, 0, 0])
+  nodes.append(helper.make_node("Flatten", [x], ["flat"], axis=1))
+  x = "flat"
+  for layer in ("fc6", "fc7", "fc8"):
+    w, b = params[layer]
+    nodes.append(helper.make_node("Gemm", [x, init(f"{layer}_w", w), init(f"{layer}_b", b)],
+                                  [layer], transB=1))
+    x = layer
+    if layer != "fc8":
+      nodes.append(helper.make_node("Relu", [x], [f"{layer}_relu"]))
+      nodes.append(helper.make_node("Dropout", [f"{layer}_relu"], [f"{layer}_drop"]))
+      x = f"{layer}_drop"
+  nodes.append(helper.make_node("Softmax", [x], ["prob_1"], axis=1))
+  graph = helper.make_graph(
+      nodes, "bvlcalexnet", [helper.make_tensor_value_info("data_0", TensorProto.FLOAT,
+                                                           [1, 3, size, size])],
+      [helper.make_tensor_value_info("prob_1", TensorProto.FLOAT, [1, 1000])], inits)
+  model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+  onnx.checker.check_model(model)
+  onnx.save(model, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: the params, the files and their conversions (shared, the nets are big).
+
+
+@pytest.fixture(scope="module")
+def caffe_params():
+  return random_params(CAFFE_SHAPES, seed=1, input_scale=1.0)   # pixels minus the mean
+
+
+@pytest.fixture(scope="module")
+def torch_params():
+  return random_params(TORCH_SHAPES, seed=2, input_scale=1.0)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+  return tmp_path_factory.mktemp("files")
+
+
+@pytest.fixture(scope="module")
+def image():
+  """A 256x256 photo-like RGB image and its PNG bytes (exact through any decoder)."""
+  array = photo(256, 256, 5)
+  return array, encode(array, "PNG")
+
+
+def converted_model(path, workdir):
+  result = convert.convert(str(path), str(workdir))
+  model, metadata = checkpointing.load_model(str(workdir))
+  return result, model, metadata
+
+
+def keras_logits(model, crop_hwc):
+  return model(crop_hwc[None].astype(np.float32), training=False).numpy()[0]
+
+
+def caffe_crop(image_rgb, size=227):
+  """What the export feeds the Caffe-flavour model: RGB minus Caffe's mean (the model turns it
+  to BGR itself), the centre crop at (256 - size) // 2."""
+  o = (256 - size) // 2
+  return (image_rgb.astype(np.float64) - CAFFE_MEAN_BGR[::-1])[o:o + size, o:o + size]
+
+
+def torch_crop(image_rgb):
+  return (image_rgb.astype(np.float64) - 255 * TORCH_MEAN)[16:240, 16:240]
+
+
+def nchw(array_hwc):
+  return np.ascontiguousarray(array_hwc.transpose(2, 0, 1)[None], np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Each format: converted logits = the source's semantics.
+
+
+def test_torchvision_state_dict(torch_params, files, image, tmp_path):
+  path = files / "alexnet-owt-random.pth"
+  write_torchvision(path, torch_params)
+  assert convert.detect_format(str(path)) == "torchvision"
+  result, model, metadata = converted_model(path, tmp_path / "wd")
+  assert result.flavour == "torchvision"
+  assert "does NOT match torchvision's published" in result.note
+  assert metadata["converted_from"]["format"] == "torchvision"
+  assert model.input_shape == (None, 224, 224, 3)
+  crop = torch_crop(image[0])
+  # The source's input: (x / 255 - mean) / std, NCHW.
+  reference = torchvision_forward(torch_params, torch.from_numpy(nchw(crop / 255 / TORCH_STD)))
+  assert_close(keras_logits(model, crop), reference.numpy()[0])
+  # The module itself (torchvision's layout, AdaptiveAvgPool and all) agrees with the
+  # functional form the comparisons use.
+  module = torchvision_module(torch_params)
+  with torch.no_grad():
+    assert_close(module(torch.from_numpy(nchw(crop / 255 / TORCH_STD))).numpy()[0],
+                 reference.numpy()[0])
+
+
+@pytest.mark.parametrize("layout", ["new", "v1"])
+def test_caffemodel(layout, caffe_params, files, image, tmp_path):
+  path = files / f"bvlc_alexnet_{layout}.caffemodel"
+  write_caffemodel(path, caffe_params, layout)
+  assert convert.detect_format(str(path)) == "caffe"
+  result, model, metadata = converted_model(path, tmp_path / "wd")
+  assert result.flavour == "caffe" and "is NOT the published" in result.note
+  assert convert.BVLC_ALEXNET_SHA1 in result.note
+  assert model.input_shape == (None, 227, 227, 3)
+  crop = caffe_crop(image[0])
+  reference = caffe_forward(caffe_params, torch.from_numpy(nchw(crop[..., ::-1])))
+  logits = keras_logits(model, crop)
+  assert_close(logits, reference.numpy()[0])
+  # LRN matters at these activations: with the paper's k=2 the logits would differ clearly.
+  paper_k = caffe_forward(caffe_params, torch.from_numpy(nchw(crop[..., ::-1])), lrn_k=2.0)
+  assert np.abs(paper_k.numpy()[0] - logits).max() > 0.05 * np.abs(logits).max()
+
+
+def test_caffe_tensorflow_npy(caffe_params, files, image, tmp_path):
+  path = files / "bvlc_alexnet.npy"
+  write_npy(path, caffe_params)
+  assert convert.detect_format(str(path)) == "npy"
+  result, model, _ = converted_model(path, tmp_path / "wd")
+  assert result.flavour == "caffe"
+  crop = caffe_crop(image[0])
+  reference = caffe_forward(caffe_params, torch.from_numpy(nchw(crop[..., ::-1])))
+  assert_close(keras_logits(model, crop), reference.numpy()[0])
+
+
+def test_onnx_model_zoo_layout(caffe_params, files, image, tmp_path):
+  """Caffe's net at the zoo's 224 input: conv1 unpadded gives 54, Caffe's ceil pooling 27."""
+  path = files / "bvlcalexnet.onnx"
+  write_caffe_onnx(path, caffe_params, size=224)
+  assert convert.detect_format(str(path)) == "onnx"
+  result, model, metadata = converted_model(path, tmp_path / "wd")
+  assert result.flavour == "caffe"
+  assert metadata["model_config"]["ceil_pooling"] is True
+  assert model.input_shape == (None, 224, 224, 3)
+  crop = caffe_crop(image[0], 224)
+  session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+  expected = session.run(None, {"data_0": nchw(crop[..., ::-1])})[0][0]
+  probabilities = model.predict_on_batch(crop[None].astype(np.float32))
+  ours = np.exp(probabilities[0] - probabilities[0].max())
+  assert_close(ours / ours.sum(), expected)
+  # And the independent torch forward agrees with onnxruntime on this graph.
+  assert_close(torch.softmax(caffe_forward(caffe_params, torch.from_numpy(
+      nchw(crop[..., ::-1]))), -1).numpy()[0], expected)
+
+
+def test_onnx_torch_export(torch_params, files, image, tmp_path):
+  path = files / "alexnet_torchvision.onnx"
+  module = torchvision_module(torch_params)
+  torch.onnx.export(module, torch.zeros(1, 3, 224, 224), str(path), dynamo=False,
+                    input_names=["input"])
+  result, model, _ = converted_model(path, tmp_path / "wd")
+  assert result.flavour == "torchvision"
+  crop = torch_crop(image[0])
+  session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+  expected = session.run(None, {"input": nchw(crop / 255 / TORCH_STD)})[0][0]
+  assert_close(keras_logits(model, crop), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: the commands, then the SavedModel in a fresh process on PNG bytes.
+
+SERVE = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+    out = serve(image_bytes=tf.constant([open(sys.argv[2], "rb").read()]))
+    np.savez(sys.argv[3], **{k: v.numpy() for k, v in out.items()})
+""")
+
+
+def _convert_export_serve(weights, png, tmp_path):
+  workdir, base = tmp_path / "workdir", tmp_path / "models"
+  result = run([sys.executable, "-m", "keras_alexnet.convert", f"--input={weights}",
+                f"--workdir={workdir}"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  result = run([sys.executable, "-m", "keras_alexnet.export", f"--workdir={workdir}",
+                f"--export_dir={base}"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  (tmp_path / "image.png").write_bytes(png)
+  (tmp_path / "serve.py").write_text(SERVE)
+  result = run([sys.executable, str(tmp_path / "serve.py"), str(base / "1"),
+                str(tmp_path / "image.png"), str(tmp_path / "out.npz")])
+  assert result.returncode == 0, result.stderr[-3000:]
+  return np.load(tmp_path / "out.npz"), str(workdir)
+
+
+def test_caffe_end_to_end(caffe_params, files, image, tmp_path):
+  weights = files / "bvlc_alexnet_e2e.caffemodel"
+  write_caffemodel(weights, caffe_params, "new")
+  out, _ = _convert_export_serve(weights, image[1], tmp_path)
+  assert np.array_equal(np.asarray(Image.open(tmp_path / "image.png")), image[0])
+  expected = caffe_pipeline(image[0], caffe_params)
+  assert_close(out["probabilities"][0], expected)
+  assert out["top5_classes"][0].tolist() == np.argsort(-expected)[:5].tolist()
+  # The packaged WordNet names label the classes.
+  assert out["top5_wnids"][0, 0].decode().startswith("n")
+
+
+def test_torchvision_end_to_end(torch_params, files, image, tmp_path):
+  weights = files / "alexnet_e2e.pth"
+  write_torchvision(weights, torch_params)
+  out, _ = _convert_export_serve(weights, image[1], tmp_path)
+  expected = torchvision_pipeline(image[0], torch_params)
+  assert_close(out["probabilities"][0], expected)
+  assert out["top5_classes"][0].tolist() == np.argsort(-expected)[:5].tolist()
