@@ -472,7 +472,7 @@ def _convert_export_serve(weights, png, tmp_path):
   result = run([sys.executable, str(tmp_path / "serve.py"), str(base / "1"),
                 str(tmp_path / "image.png"), str(tmp_path / "out.npz")])
   assert result.returncode == 0, result.stderr[-3000:]
-  return np.load(tmp_path / "out.npz"), str(workdir)
+  return np.load(tmp_path / "out.npz", allow_pickle=True), str(workdir)  # written above
 
 
 def test_caffe_end_to_end(caffe_params, files, image, tmp_path):
