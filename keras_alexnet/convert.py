@@ -133,7 +133,7 @@ def detect_format(path: str) -> str:
   if _parses_as_caffe(data):
     return "caffe"
   raise ConversionError(
-      f"{path} is none of the known formats: a Caffe .caffemodel (protobuf NetParameter), "
+      f"{path} is none of the known formats (or a truncated file): a Caffe .caffemodel (protobuf NetParameter), "
       "caffe-tensorflow's .npy, a torchvision .pth state_dict or an ONNX model. Its first "
       f"bytes are {head!r}. Pass --format to force one and see why it does not load.")
 
@@ -211,7 +211,7 @@ def read_torchvision(path: str):
   found, names = {}, {}
   for layer in LAYERS:
     key = TORCHVISION_KEYS[layer]
-    names[layer] = f"{key}.weight"
+    names[layer] = key
     if f"{key}.weight" not in tensors or f"{key}.bias" not in tensors:
       stray = [k for k in tensors if k not in wanted]
       first = (f"; its first tensor that is not torchvision AlexNet's is {stray[0]} with shape "
@@ -228,6 +228,10 @@ def read_torchvision(path: str):
   return "torchvision", found, {}
 
 
+class _Refused(pickle.UnpicklingError):
+  """A global the restricted unpickler does not admit."""
+
+
 class _ArraysOnly(pickle.Unpickler):
   """Admits numpy arrays and dtypes only: find_class is the one way a pickle reaches code, so
   any other global (os.system, builtins.eval, a class with __reduce__) is refused unloaded."""
@@ -237,14 +241,14 @@ class _ArraysOnly(pickle.Unpickler):
       return getattr(np, name)
     if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
       return _reconstruct_ndarray
-    raise pickle.UnpicklingError(
+    raise _Refused(
         f"the pickle asks for {module}.{name}; only numpy arrays, dtypes, dicts, lists and "
         "strings are admitted (a weights file needs nothing else), so it was not loaded")
 
 
 def _reconstruct_ndarray(subtype, shape, dtype):
   if subtype is not np.ndarray:
-    raise pickle.UnpicklingError(f"an array of type {subtype!r}; only numpy.ndarray admitted")
+    raise _Refused(f"an array of type {subtype!r}; only numpy.ndarray admitted")
   return np.ndarray.__new__(np.ndarray, shape, dtype)
 
 
@@ -263,7 +267,7 @@ def _load_restricted_npy(path: str):
       try:
         # latin1: caffe-tensorflow wrote its files from Python 2 (str array buffers).
         obj = _ArraysOnly(f, encoding="latin1").load()
-      except pickle.UnpicklingError as e:
+      except _Refused as e:
         raise ConversionError(f"{path}: refused: {e}.") from e
       except Exception as e:  # pylint: disable=broad-except
         raise ConversionError(f"{path}: the pickle inside does not load (truncated?): "

@@ -10,6 +10,7 @@ forward at batch 1-2 and the conversions are shared by module fixtures.
 """
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -494,3 +495,166 @@ def test_torchvision_end_to_end(torch_params, files, image, tmp_path):
   expected = torchvision_pipeline(image[0], torch_params)
   assert_close(out["probabilities"][0], expected)
   assert out["top5_classes"][0].tolist() == np.argsort(-expected)[:5].tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning from a converted net.
+
+
+def test_converted_net_fine_tunes_one_step(caffe_params, files, tmp_path):
+  from keras_alexnet import config as config_lib
+  from keras_alexnet import dataset as dataset_lib
+  from keras_alexnet import model as model_lib
+  from keras_alexnet import preprocessing
+  from keras_alexnet import training
+  import tiny_data
+  weights = files / "bvlc_alexnet_finetune.npy"
+  write_npy(weights, caffe_params)
+  source = str(tmp_path / "converted")
+  convert.convert(str(weights), source)
+  data_dir = tiny_data.write_dataset(str(tmp_path / "data"), num_classes=5, train=2,
+                                     validation=2)
+  config = config_lib.Config(
+      model=model_lib.ModelConfig(num_classes=None),
+      data=dataset_lib.DataConfig(data_dir, deterministic=True, shuffle_buffer=2),
+      augment=preprocessing.AugmentConfig(random_crop=False, mirror=False, pca_lighting=False),
+      train=config_lib.TrainConfig(batch_size=2, epochs=1, steps_per_epoch=1, eval_steps=1,
+                                   log_every_steps=1, lr_scaling="none", learning_rate=0.001,
+                                   summary_images=False, init_checkpoint=source,
+                                   trainable_from="fc8"))
+  run_dir = str(tmp_path / "finetune")
+  result = training.train_and_evaluate(config, run_dir)
+  assert result["step"] == 1 and np.isfinite(result["validation"]["loss"])
+  model, metadata = checkpointing.load_model(run_dir, "latest")
+  # The source's architecture, on the trainer's 224 crops (Caffe's ceil pooling reaches 6x6).
+  kept = metadata["model_config"]
+  assert (kept["bgr"], kept["lrn_bias"], kept["lrn_towers"], kept["ceil_pooling"],
+          kept["conv1_padding"], kept["input_shape"]) == (True, 1.0, 1, True, [0, 0, 0, 0],
+                                                          [224, 224, 3])
+  np.testing.assert_array_equal(model.get_layer("conv1").kernel.numpy(),
+                                caffe_params["conv1"][0].transpose(2, 3, 1, 0))
+  assert model.get_layer("fc8").kernel.shape == (4096, 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: exit code != 0, a message naming the problem, nothing written.
+
+
+def _convert_cli(*args):
+  return run([sys.executable, "-m", "keras_alexnet.convert", *args])
+
+
+def _nothing_written(parent, workdir):
+  assert not os.path.exists(workdir)
+  assert not [n for n in os.listdir(parent) if n.startswith(".tmp-convert")]
+
+
+def test_unknown_and_truncated_files(tmp_path):
+  junk = tmp_path / "junk.bin"
+  junk.write_bytes(np.random.default_rng(0).bytes(4096))
+  result = _convert_cli(f"--input={junk}", f"--workdir={tmp_path / 'wd'}")
+  assert result.returncode == 2
+  assert "none of the known formats" in result.stderr and str(junk) in result.stderr
+  _nothing_written(tmp_path, tmp_path / "wd")
+
+  # Truncated files of each kind: the reader says it cannot read them.
+  torch_file = tmp_path / "cut.pth"
+  torch.save({"features.0.weight": torch.zeros(64, 3, 11, 11)}, torch_file)
+  npy_file = tmp_path / "cut.npy"
+  np.save(npy_file, {"conv1": [np.zeros((11, 11, 3, 96), np.float32)]}, allow_pickle=True)
+  caffe_file = tmp_path / "cut.caffemodel"
+  write_caffemodel(caffe_file, {k: (np.zeros((2, 2), np.float32), np.zeros(2, np.float32))
+                                for k in LAYERS}, "new")
+  for path, fmt, message in ((torch_file, "torchvision", "not a readable torch file"),
+                             (npy_file, "npy", "does not load (truncated?)"),
+                             (caffe_file, "caffe", "not a Caffe NetParameter")):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) * 2 // 3])
+    with pytest.raises(convert.ConversionError, match=re.escape(message)):
+      convert.convert(str(path), str(tmp_path / "wd"), format=fmt)
+    _nothing_written(tmp_path, tmp_path / "wd")
+  with pytest.raises(convert.ConversionError, match="none of the known formats"):
+    convert.convert(str(caffe_file), str(tmp_path / "wd"))
+
+
+def test_another_network_names_the_first_tensor_that_does_not_fit(torch_params, tmp_path):
+  resnet = tmp_path / "resnet18.pth"
+  torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.ones(64),
+              "bn1.bias": torch.zeros(64), "fc.weight": torch.zeros(1000, 512)}, resnet)
+  result = _convert_cli(f"--input={resnet}", f"--workdir={tmp_path / 'wd'}")
+  assert result.returncode == 2
+  assert "conv1.weight with shape (64, 3, 7, 7)" in result.stderr
+  assert "features.0.weight" in result.stderr and "(64, 3, 11, 11)" in result.stderr
+  _nothing_written(tmp_path, tmp_path / "wd")
+
+  ten = tmp_path / "alexnet10.pth"
+  params = dict(torch_params)
+  params["fc8"] = (np.zeros((10, 4096), np.float32), np.zeros(10, np.float32))
+  state = {f"{key}.{p}": torch.from_numpy(params[layer][i]) for layer, key in
+           convert.TORCHVISION_KEYS.items() for i, p in enumerate(("weight", "bias"))}
+  torch.save(state, ten)
+  result = _convert_cli(f"--input={ten}", f"--workdir={tmp_path / 'wd'}")
+  assert result.returncode == 2
+  assert "classifier.6 weights have shape (10, 4096)" in result.stderr
+  assert "expects (1000, 4096)" in result.stderr
+  _nothing_written(tmp_path, tmp_path / "wd")
+
+
+class Armed:
+  """Unpickling this runs a shell command (touch MARKER)."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return os.system, (f"touch {self.marker}",)
+
+
+UNSAFE_LOAD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import torch
+    if sys.argv[1].endswith(".npy"):
+      np.load(sys.argv[1], allow_pickle=True)
+    else:
+      torch.load(sys.argv[1], weights_only=False)
+""")
+
+
+@pytest.mark.parametrize("kind", ["npy", "pth"])
+def test_a_pickle_that_calls_a_function_is_refused_unexecuted(kind, tmp_path):
+  marker = tmp_path / "executed"
+  path = tmp_path / f"evil.{kind}"
+  if kind == "npy":
+    np.save(path, {"conv1": [Armed(marker), Armed(marker)]}, allow_pickle=True)
+  else:
+    torch.save({"features.0.weight": Armed(marker)}, path)
+  result = _convert_cli(f"--input={path}", f"--workdir={tmp_path / 'wd'}")
+  assert result.returncode == 2
+  assert "refused" in result.stderr and "system" in result.stderr, result.stderr
+  assert not marker.exists()
+  _nothing_written(tmp_path, tmp_path / "wd")
+  # The file is armed: an unrestricted load runs the command.
+  (tmp_path / "unsafe.py").write_text(UNSAFE_LOAD)
+  run([sys.executable, str(tmp_path / "unsafe.py"), str(path)])
+  assert marker.exists()
+
+
+def test_a_workdir_holding_another_run_is_refused(tmp_path):
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints").mkdir(parents=True)
+  (workdir / "config.json").write_text('{"model_config": {}, "num_classes": 5}')
+  (workdir / "checkpoints" / "mine").write_text("a user's file")
+  before = sorted((p.relative_to(workdir), p.read_bytes() if p.is_file() else None)
+                  for p in workdir.rglob("*"))
+  weights = tmp_path / "w.npy"
+  np.save(weights, {"conv1": [np.zeros(1), np.zeros(1)]}, allow_pickle=True)
+  for extra in ((), ("--overwrite",)):
+    result = _convert_cli(f"--input={weights}", f"--workdir={workdir}", *extra)
+    assert result.returncode == 2
+    assert str(workdir) in result.stderr and ("not empty" in result.stderr
+                                              or "other than a conversion" in result.stderr)
+  after = sorted((p.relative_to(workdir), p.read_bytes() if p.is_file() else None)
+                 for p in workdir.rglob("*"))
+  assert after == before
+  assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-convert")]
