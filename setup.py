@@ -31,6 +31,10 @@ setup(
         "serving": ["tensorflow-serving-api>=2.16,<2.22"],
         # PNG plots of the paper's experiments.
         "plot": ["matplotlib>=3.7"],
-        "test": ["pytest>=7"],
+        # Reading published torchvision .pth and ONNX weights (python -m keras_alexnet.convert);
+        # Caffe's .caffemodel and caffe-tensorflow's .npy need neither.
+        "convert": ["torch>=2.1", "onnx>=1.14"],
+        # torch/onnx write the test's weight files; onnxruntime is the ONNX reference forward.
+        "test": ["pytest>=7", "torch>=2.1", "onnx>=1.14", "onnxruntime>=1.16"],
     },
 )
