@@ -480,6 +480,13 @@ def read_onnx(path: str):
         continue
       raise ConversionError(f"{path}: node {node.name!r} {kind} {a} is not the identity "
                             "average pooling of torchvision's 6x6 grid; cannot map it.")
+    if kind == "MatMul":
+      # MatMul (+ Add of a bias) is a fully-connected layer too; its B is (in, out).
+      kind, a = "Gemm", {"_matmul": node}
+    elif kind == "Add" and ops and ops[-1] == "Gemm" and "_matmul" in gemms[-1][1] and (
+        "_bias" not in gemms[-1][1]):
+      gemms[-1][1]["_bias"] = node
+      continue
     ops.append(kind)
     if kind == "Conv":
       convs.append((node, a))
@@ -530,6 +537,13 @@ def read_onnx(path: str):
   for i, (node, a) in enumerate(gemms):
     layer = LAYERS[5 + i]
     names[layer] = f"node {node.name!r} ({node.input[1]})"
+    if "_matmul" in a:
+      w = weight(node, 1).T
+      add = a.get("_bias")
+      bias = next((init[i] for i in add.input if i in init), None) if add is not None else None
+      found[layer] = (w, np.zeros(w.shape[0], np.float32) if bias is None
+                      else bias.astype(np.float32).reshape(-1))
+      continue
     if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
       raise ConversionError(f"{path}: {names[layer]} Gemm {a} is not a plain fully-connected "
                             "layer (transA 0, alpha 1, beta 1).")
@@ -690,8 +704,10 @@ def convert(input_path: str, workdir: str, format: str = "auto",  # pylint: disa
     checkpointing.write_json_atomic(os.path.join(tmp, checkpointing.CONFIG_FILE), metadata)
     checkpointing.save_statistics(tmp, stats)
     checkpoint = tf.train.Checkpoint(model=checkpointing.checkpointed_variables(model))
+    # best.json names the one checkpoint, so loaders need not warn about "no validation yet".
     checkpointing.CheckpointStore(tmp).save(
-        checkpoint, 0, {"step": 0, "converted_from": metadata["converted_from"]})
+        checkpoint, 0, {"step": 0, "converted_from": metadata["converted_from"]},
+        best={"converted_from": fmt})
     _move_into_place(tmp, workdir, overwrite)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)

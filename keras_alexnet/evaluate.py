@@ -117,6 +117,9 @@ def evaluate(config: config_lib.EvalConfig) -> dict:
                      f"{sorted(classes)} classes: {paths}.")
   num_classes = classes.pop()
   data_dir = config.data_dir or members[0]["metadata"]["data_dir"]
+  if not data_dir:
+    raise ValueError(f"--data_dir is required: {paths[0]} names no dataset of its own (a net "
+                     "converted from published weights); give the TFRecords to evaluate on.")
   data = dataset_lib.DataConfig(data_dir=data_dir,
                                 label_offset=members[0]["metadata"].get("data", {})
                                 .get("label_offset"))

@@ -257,9 +257,10 @@ def write_caffemodel(path, params, layout):
     f.write(net.SerializeToString())
 
 
-def write_caffe_onnx(path, params, size=224):
+def write_caffe_onnx(path, params, size=224, fc="gemm"):
   """The ONNX model zoo's bvlcalexnet layout (a Caffe net through caffe2): NCHW BGR input of
-  224, LRN nodes, pool1 padded at the bottom/right to Caffe's ceil size, softmax output."""
+  224, LRN nodes, pool1 padded at the bottom/right to Caffe's ceil size, softmax output.
+  size 227: ceil_mode pools instead of pads; fc "matmul": MatMul + Add in place of Gemm."""
   from onnx import TensorProto, helper, numpy_helper
   nodes, inits = [], []
 
@@ -280,8 +281,9 @@ def write_caffe_onnx(path, params, size=224):
     return name
 
   def pool(x, name, pads):
+    extra = {"pads": pads} if size == 224 else {"ceil_mode": 1}
     nodes.append(helper.make_node("MaxPool", [x], [name], kernel_shape=[3, 3], strides=[2, 2],
-                                  pads=pads))
+                                  **extra))
     return name
 
   x = pool(lrn(conv("data_0", "conv1", 0, 1, 4), "norm1"), "pool1", [0, 0, 1, 1])
@@ -292,8 +294,13 @@ def write_caffe_onnx(path, params, size=224):
   x = "flat"
   for layer in ("fc6", "fc7", "fc8"):
     w, b = params[layer]
-    nodes.append(helper.make_node("Gemm", [x, init(f"{layer}_w", w), init(f"{layer}_b", b)],
-                                  [layer], transB=1))
+    if fc == "gemm":
+      nodes.append(helper.make_node("Gemm", [x, init(f"{layer}_w", w), init(f"{layer}_b", b)],
+                                    [layer], transB=1))
+    else:
+      nodes.append(helper.make_node("MatMul", [x, init(f"{layer}_w", w.T.copy())],
+                                    [f"{layer}_mm"]))
+      nodes.append(helper.make_node("Add", [f"{layer}_mm", init(f"{layer}_b", b)], [layer]))
     x = layer
     if layer != "fc8":
       nodes.append(helper.make_node("Relu", [x], [f"{layer}_relu"]))
@@ -414,16 +421,18 @@ def test_caffe_tensorflow_npy(caffe_params, files, image, tmp_path):
   assert_close(keras_logits(model, crop), reference.numpy()[0])
 
 
-def test_onnx_model_zoo_layout(caffe_params, files, image, tmp_path):
-  """Caffe's net at the zoo's 224 input: conv1 unpadded gives 54, Caffe's ceil pooling 27."""
-  path = files / "bvlcalexnet.onnx"
-  write_caffe_onnx(path, caffe_params, size=224)
+@pytest.mark.parametrize("size, fc", [(224, "gemm"), (227, "matmul")])
+def test_onnx_caffe_layout(size, fc, caffe_params, files, image, tmp_path):
+  """Caffe's net at the zoo's 224 input: conv1 unpadded gives 54, Caffe's ceil pooling 27
+  (here by pads); at 227 by ceil_mode, with MatMul + Add for the fc layers."""
+  path = files / f"bvlcalexnet_{size}_{fc}.onnx"
+  write_caffe_onnx(path, caffe_params, size=size, fc=fc)
   assert convert.detect_format(str(path)) == "onnx"
   result, model, metadata = converted_model(path, tmp_path / "wd")
   assert result.flavour == "caffe"
   assert metadata["model_config"]["ceil_pooling"] is True
-  assert model.input_shape == (None, 224, 224, 3)
-  crop = caffe_crop(image[0], 224)
+  assert model.input_shape == (None, size, size, 3)
+  crop = caffe_crop(image[0], size)
   session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
   expected = session.run(None, {"data_0": nchw(crop[..., ::-1])})[0][0]
   probabilities = model.predict_on_batch(crop[None].astype(np.float32))
