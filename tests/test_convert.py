@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 from PIL import Image
@@ -667,3 +668,24 @@ def test_a_workdir_holding_another_run_is_refused(tmp_path):
                  for p in workdir.rglob("*"))
   assert after == before
   assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-convert")]
+
+
+def test_sigterm_mid_conversion_leaves_nothing(torch_params, files, tmp_path):
+  weights = files / "alexnet_sigterm.pth"
+  write_torchvision(weights, torch_params)
+  workdir = tmp_path / "wd"
+  process = subprocess.Popen([sys.executable, "-m", "keras_alexnet.convert",
+                              f"--input={weights}", f"--workdir={workdir}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+  # Wait for the temporary workdir (the checkpoint is being written into it), then SIGTERM.
+  deadline = time.monotonic() + 300
+  while (not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-convert")]
+         and process.poll() is None and time.monotonic() < deadline):
+    time.sleep(0.05)
+  process.terminate()
+  _, stderr = process.communicate(timeout=120)
+  if process.returncode == 0:
+    pytest.skip("the conversion finished before SIGTERM arrived")
+  assert process.returncode == 130, stderr[-2000:]
+  assert "interrupted; nothing written" in stderr
+  _nothing_written(tmp_path, workdir)
