@@ -552,7 +552,6 @@ def read_onnx(path: str):
       w = w.T
     found[layer] = (w, weight(node, 2) if len(node.input) > 2 else np.zeros(w.shape[0],
                                                                               np.float32))
-  details = {}
   for node, a in lrns:
     if (a.get("size"), a.get("beta", 0.75), a.get("bias", 1.0)) != (5, 0.75, 1.0) or not (
         np.isclose(a.get("alpha", 1e-4), 1e-4, rtol=1e-6)):

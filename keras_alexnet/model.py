@@ -98,7 +98,7 @@ def _check_config(config: ModelConfig, include_top: bool = True):
   if not include_top:
     if len(shape) != 3 or shape[2] != 3 or any(n is not None and n < 1 for n in sides):
       bad("input_shape", config.input_shape, "(H, W, 3) large enough for pool5's 3x3 window "
-          "(H, W >= 63 for the paper's net) or with None sides")
+          "(H, W >= 64 for the paper's net) or with None sides")
   elif config.conv1_padding is None and shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
     bad("input_shape", config.input_shape,
         f"({IMAGE_SIZE}, {IMAGE_SIZE}, 3): the conv/pool stack must end on the 6x6x256 grid "
