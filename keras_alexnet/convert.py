@@ -469,8 +469,25 @@ def read_onnx(path: str):
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
   ops, convs, gemms, lrns, pools = [], [], [], [], []
+  lrn_block = None   # inside torch.onnx.export's decomposition of LocalResponseNorm
   for node in graph.node:
     kind, a = node.op_type, attrs(node)
+    if lrn_block is not None:
+      if kind == "Div" and node.input[0] == lrn_block["x"]:
+        if set(lrn_block["attrs"]) != {"size", "alpha", "bias", "beta"}:
+          raise ConversionError(f"{path}: node {node.name!r} ends a decomposed LRN whose "
+                                f"constants were not all found: {lrn_block['attrs']}.")
+        ops.append("LRN")
+        lrns.append((node, lrn_block["attrs"]))
+        lrn_block = None
+      else:
+        _torch_lrn_part(lrn_block, node, kind, a, init, path)
+      continue
+    if kind == "Mul" and len(node.input) == 2 and node.input[0] == node.input[1]:
+      # torch's F.local_response_norm: x / (k + alpha * avg_pool(x^2, size))^beta, exported as
+      # Mul(x, x), padding and an AveragePool over channels, Mul alpha, Add k, Pow beta, Div.
+      lrn_block = {"x": node.input[0], "attrs": {}}
+      continue
     if kind in _ONNX_PASSIVE:
       continue
     if kind in ("AveragePool", "GlobalAveragePool"):
@@ -496,6 +513,8 @@ def read_onnx(path: str):
       lrns.append((node, a))
     elif kind == "MaxPool":
       pools.append((node, a))
+  if lrn_block is not None:
+    raise ConversionError(f"{path}: a Mul(x, x) that does not end in an LRN's Div(x, ...).")
   sequence = " ".join(ops)
   flavour = next((f for f, s in _ONNX_SEQUENCES.items() if s == sequence), None)
   if flavour is None:
@@ -566,6 +585,27 @@ def read_onnx(path: str):
   details = {"input_size": size, "ceil": _onnx_pools_match(flavour, size, convs, pools, path)}
   _check_shapes(flavour, found, path, names)
   return flavour, found, details
+
+
+# The ops of torch's LocalResponseNorm export between Mul(x, x) and Div(x, ...).
+_TORCH_LRN_OPS = {"Constant", "Reshape", "ConstantOfShape", "Concat", "Slice", "Transpose", "Cast",
+                  "Pad", "AveragePool", "Shape", "Gather", "Equal", "If", "Mul", "Add", "Pow",
+                  "Unsqueeze", "Squeeze"}
+
+
+def _torch_lrn_part(block, node, kind, a, init, path):
+  """Reads size (the AveragePool's channel window; count_include_pad, so it divides by size as
+  Caffe does), alpha (Mul), k (Add) and beta (Pow) from torch's decomposed LRN."""
+  if kind not in _TORCH_LRN_OPS:
+    raise ConversionError(f"{path}: node {node.name!r} ({kind}) inside what looked like torch's "
+                          "LocalResponseNorm; cannot map it.")
+  constant = [init[i] for i in node.input if i in init and init[i].size == 1]
+  if kind == "AveragePool":
+    block["attrs"]["size"] = int(a["kernel_shape"][0])
+    if not a.get("count_include_pad", 0):
+      raise ConversionError(f"{path}: node {node.name!r}: LRN's average must count the padding.")
+  elif constant and kind in ("Mul", "Add", "Pow"):
+    block["attrs"][{"Mul": "alpha", "Add": "bias", "Pow": "beta"}[kind]] = float(constant[0])
 
 
 def _onnx_pools_match(flavour, size, convs, pools, path) -> bool:

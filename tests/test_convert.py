@@ -444,6 +444,44 @@ def test_onnx_caffe_layout(size, fc, caffe_params, files, image, tmp_path):
       nchw(crop[..., ::-1]))), -1).numpy()[0], expected)
 
 
+class CaffeAlexNet(torch.nn.Module):
+  """bvlc_alexnet's deploy.prototxt as torch modules (for torch.onnx.export, which writes LRN
+  as its decomposition into Mul, Pad, AveragePool, Add, Pow and Div)."""
+
+  def __init__(self, params):
+    super().__init__()
+    nn = torch.nn
+    convs = [nn.Conv2d(3, 96, 11, 4), nn.Conv2d(96, 256, 5, padding=2, groups=2),
+             nn.Conv2d(256, 384, 3, padding=1), nn.Conv2d(384, 384, 3, padding=1, groups=2),
+             nn.Conv2d(384, 256, 3, padding=1, groups=2)]
+    fcs = [nn.Linear(9216, 4096), nn.Linear(4096, 4096), nn.Linear(4096, 1000)]
+    with torch.no_grad():
+      for layer, name in zip(convs + fcs, LAYERS):
+        layer.weight.copy_(torch.from_numpy(params[name][0]))
+        layer.bias.copy_(torch.from_numpy(params[name][1]))
+    lrn = lambda: nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)  # noqa: E731
+    pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)  # noqa: E731
+    self.net = nn.Sequential(
+        convs[0], nn.ReLU(), lrn(), pool(), convs[1], nn.ReLU(), lrn(), pool(),
+        convs[2], nn.ReLU(), convs[3], nn.ReLU(), convs[4], nn.ReLU(), pool(), nn.Flatten(),
+        fcs[0], nn.ReLU(), nn.Dropout(), fcs[1], nn.ReLU(), nn.Dropout(), fcs[2])
+
+  def forward(self, x):
+    return self.net(x)
+
+
+def test_onnx_torch_export_of_caffes_net(caffe_params, files, image, tmp_path):
+  path = files / "caffe_torch_export.onnx"
+  torch.onnx.export(CaffeAlexNet(caffe_params).eval(), torch.zeros(1, 3, 227, 227), str(path),
+                    dynamo=False, input_names=["data"])
+  result, model, _ = converted_model(path, tmp_path / "wd")
+  assert result.flavour == "caffe"
+  crop = caffe_crop(image[0])
+  session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+  expected = session.run(None, {"data": nchw(crop[..., ::-1])})[0][0]
+  assert_close(keras_logits(model, crop), expected)
+
+
 def test_onnx_torch_export(torch_params, files, image, tmp_path):
   path = files / "alexnet_torchvision.onnx"
   module = torchvision_module(torch_params)
