@@ -134,3 +134,20 @@ def test_argument_errors_with_weights(caffe_workdir):
   trunk = applications.AlexNet(include_top=False, weights=caffe_workdir, flavour="caffe",
                                classes=10, pooling="avg")
   assert trunk.output_shape == (None, 256)
+
+
+def test_evaluate_takes_a_converted_caffe_net(caffe_workdir, tmp_path):
+  """evaluate crops 227 for the Caffe net (centre at 14, ten views at 0/29/14), the workdir's
+  mean; a 224 crop would fail on the model's input shape."""
+  from keras_alexnet import config as config_lib
+  from keras_alexnet import evaluate
+  import tiny_data
+  data_dir = tiny_data.write_dataset(str(tmp_path / "data"), num_classes=1000, train=1,
+                                     validation=2, train_shards=1)
+  results = evaluate.evaluate(config_lib.EvalConfig(
+      workdirs=(caffe_workdir,), data_dir=data_dir, views=("center", "ten"), batch_size=2,
+      output=str(tmp_path / "evaluation.json")))
+  assert results["examples"] == 2
+  (model,) = results["models"]
+  for view in ("center", "ten"):
+    assert 0.0 <= model[view]["top1_error"] <= 1.0 and 0.0 <= model[view]["top5_error"] <= 1.0
