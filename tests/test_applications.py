@@ -12,8 +12,8 @@ from keras_alexnet import convert
 
 
 @pytest.fixture(scope="module")
-def caffe_workdir(tmp_path_factory):
-  """A conversion of random caffe-tensorflow weights (numpy only, no torch needed)."""
+def caffe_npy(tmp_path_factory):
+  """Random weights in caffe-tensorflow's .npy layout (numpy only, no torch needed)."""
   rng = np.random.default_rng(3)
   shapes = convert.SHAPES["caffe"]
   layers = {}
@@ -29,9 +29,38 @@ def caffe_workdir(tmp_path_factory):
     layers[name] = [w, rng.normal(0, 0.1, out).astype(np.float32)]
   path = tmp_path_factory.mktemp("npy") / "bvlc_alexnet.npy"
   np.save(path, layers, allow_pickle=True)
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def caffe_workdir(caffe_npy, tmp_path_factory):
+  """Their conversion."""
   workdir = str(tmp_path_factory.mktemp("converted") / "caffe")
-  convert.convert(str(path), workdir)
+  convert.convert(caffe_npy, workdir)
   return workdir
+
+
+@pytest.mark.parametrize("kind", ["npy", "binaryproto"])
+def test_caffes_mean_image_by_flag(kind, caffe_npy, tmp_path):
+  """--mean_file: Caffe's BGR (3, 256, 256) mean, as ilsvrc_2012_mean.npy or a BlobProto,
+  becomes the workdir's per-pixel RGB mean image."""
+  mean_bgr = np.random.default_rng(4).uniform(90, 130, (3, 256, 256)).astype(np.float32)
+  path = tmp_path / f"mean.{kind}"
+  if kind == "npy":
+    np.save(path, mean_bgr)
+  else:
+    blob = convert._caffe_messages()["BlobProto"](num=1, channels=3, height=256, width=256)
+    blob.data.extend(mean_bgr.ravel().tolist())
+    path.write_bytes(blob.SerializeToString())
+  workdir = str(tmp_path / "wd")
+  convert.convert(caffe_npy, workdir, mean_file=str(path))
+  stats = checkpointing.load_statistics(workdir)
+  np.testing.assert_array_equal(stats.mean_image, mean_bgr[::-1].transpose(1, 2, 0))
+  assert checkpointing.read_metadata(workdir)["augment"]["mean"] == "per_pixel"
+  bad = tmp_path / "bad.npy"
+  np.save(bad, np.zeros((256, 256, 3), np.float32))
+  with pytest.raises(convert.ConversionError, match=r"BGR mean of shape \(3, 256, 256\)"):
+    convert.convert(caffe_npy, str(tmp_path / "wd2"), mean_file=str(bad))
 
 
 def test_top_shapes_per_flavour():
