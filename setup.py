@@ -34,6 +34,7 @@ COMMANDS = {
     "relu-vs-tanh": "keras_alexnet.experiments.relu_vs_tanh",
     "figure4": "keras_alexnet.experiments.figure4",
     "extract": "keras_alexnet.extract",
+    "convert": "keras_alexnet.convert",
     "build": "keras_alexnet.tfrecords.build",
     "build-benchmark": "keras_alexnet.tfrecords.benchmark",
 }
@@ -90,6 +91,12 @@ setup(
         "plot": ["matplotlib>=3.7"],
         # ILSVRC-2010's devkit meta.mat (tfrecords/releases.py); a text mapping needs nothing.
         "ilsvrc2010": ["scipy>=1.9"],
-        "test": ["pytest>=7", "scipy>=1.9"],
+        # Reading published torchvision .pth and ONNX weights (python -m keras_alexnet.convert);
+        # Caffe's .caffemodel and caffe-tensorflow's .npy need neither.
+        "convert": ["torch>=2.1", "onnx>=1.14"],
+        # torch/onnx write the test's weight files; onnxruntime is the ONNX reference forward.
+        # torch pinned to the CPU build that lies on this project's machines (a newer or
+        # unpinned torch is a multi-GB CUDA build there); any torch >= 2.1 passes the tests.
+        "test": ["pytest>=7", "scipy>=1.9", "torch==2.13.0", "onnx>=1.14", "onnxruntime>=1.16"],
     },
 )

@@ -329,6 +329,22 @@ def load_model(path: str, which: str = "best") -> tuple:
   return model, {**metadata, "workdir": workdir, "checkpoint": prefix}
 
 
+# The fields of a converted pretrained net (keras_alexnet.convert) that fine-tuning from it keeps:
+# the source's own architecture (LRN constants, padding, pooling, channel order, input scale).
+SOURCE_ARCHITECTURE = ("variant", "lrn", "conv1_padding", "lrn_bias", "lrn_alpha", "lrn_towers",
+                       "ceil_pooling", "bgr", "input_scale")
+
+
+def init_architecture(path: str) -> dict:
+  """{field: value} of SOURCE_ARCHITECTURE when `path` (as for load_model) is a converted
+  pretrained net, {} for a training run (its architecture comes from the flags as always)."""
+  metadata = read_metadata(_resolve(path, "best")[0])
+  if "converted_from" not in metadata:
+    return {}
+  fields = dataclasses.asdict(model_config_from_json(metadata["model_config"]))
+  return {name: fields[name] for name in SOURCE_ARCHITECTURE}
+
+
 def initial_model(path: str) -> keras.Model:
   """The model the run in `path` (a training workdir) started from, rebuilt: its config, built
   after seeding Keras with the run's --seed, as the trainer does before building. Trained

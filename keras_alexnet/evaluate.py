@@ -81,14 +81,16 @@ def _predictor(model, stats, mean, views):
   import tensorflow as tf   # pylint: disable=g-import-not-at-top
   from keras_alexnet import preprocessing   # pylint: disable=g-import-not-at-top
 
+  size = int(model.input_shape[1])   # 224, or a converted Caffe net's 227
+
   @tf.function
   def predict(images):
     out = {}
     if "center" in views:
-      logits = model(preprocessing.center_crop(images, stats, mean), training=False)
+      logits = model(preprocessing.center_crop(images, stats, mean, size), training=False)
       out["center"] = tf.nn.softmax(tf.cast(logits, tf.float32))
     if "ten" in views:
-      crops = preprocessing.ten_views(images, stats, mean)            # [B, 10, 224, 224, 3]
+      crops = preprocessing.ten_views(images, stats, mean, size)          # [B, 10, 224, 224, 3]
       batch = tf.shape(crops)[0]
       logits = model(tf.reshape(crops, [-1, *crops.shape[2:]]), training=False)
       probs = tf.nn.softmax(tf.cast(logits, tf.float32))
@@ -124,6 +126,9 @@ def evaluate(config: config_lib.EvalConfig) -> dict:
   num_classes = classes.pop()
   _check_same_classes(members)
   data_dir = config.data_dir or members[0]["metadata"]["data_dir"]
+  if not data_dir:
+    raise ValueError(f"--data_dir is required: {paths[0]} names no dataset of its own (a net "
+                     "converted from published weights); give the TFRecords to evaluate on.")
   data = dataset_lib.DataConfig(data_dir=data_dir,
                                 label_offset=members[0]["metadata"].get("data", {})
                                 .get("label_offset"))

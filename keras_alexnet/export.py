@@ -134,20 +134,23 @@ class ServingFunctions:
     self.wnids = tf.constant(list(wnids), tf.string)
     self.names = tf.constant(list(names), tf.string)
     self.outputs_softmax = isinstance(model.layers[-1], keras.layers.Softmax)
+    # The crop side: 224, or the model's own (a converted Caffe net takes 227).
+    self.size = int(model.input_shape[1])
 
   def serve_bytes(self, image_bytes):
     image_bytes = _check_not_empty(image_bytes)
+    size = self.size
     if not self.ten_views:
       crops = tf.map_fn(
-          lambda b: preprocessing.serving_preprocess(b, self.stats, self.mean),
+          lambda b: preprocessing.serving_preprocess(b, self.stats, self.mean, size),
           image_bytes,
-          fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32))
+          fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
       return self.serve_images(crops)
     stored = tf.map_fn(preprocessing.decode_to_stored, image_bytes,
                        fn_output_signature=tf.TensorSpec(
                            [preprocessing.STORED_SIZE, preprocessing.STORED_SIZE, 3], tf.uint8))
-    views = preprocessing.ten_views(stored, self.stats, self.mean)  # [N, 10, 224, 224, 3]
-    probabilities = self._probabilities(tf.reshape(views, [-1, IMAGE_SIZE, IMAGE_SIZE, 3]))
+    views = preprocessing.ten_views(stored, self.stats, self.mean, size)  # [N, 10, 224, 224, 3]
+    probabilities = self._probabilities(tf.reshape(views, [-1, size, size, 3]))
     num_classes = probabilities.shape[-1]
     # Section 4.1: "averaging the predictions made by the network's softmax layer".
     probabilities = tf.reduce_mean(
@@ -191,7 +194,7 @@ def serving_module(functions: ServingFunctions) -> Tuple[tf.Module, Dict[str, An
       input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
   module.serve_images = tf.function(
       functions.serve_images,
-      input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32,
+      input_signature=[tf.TensorSpec([None, functions.size, functions.size, 3], tf.float32,
                                      name=IMAGES_INPUT)])
   signatures = {SERVING_SIGNATURE: module.serve_bytes.get_concrete_function(),
                 PREPROCESSED_SIGNATURE: module.serve_images.get_concrete_function()}
@@ -217,9 +220,12 @@ def _check_not_empty(image_bytes):
 def _check_model(model: keras.Model) -> int:
   """The model's class count; a ValueError unless it maps [N, 224, 224, 3] to [N, C]."""
   input_shape = tuple(model.input_shape)
-  if input_shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
-    raise ValueError(f"The model must take [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3] crops; its "
-                     f"input shape is {input_shape}.")
+  side = input_shape[1] if len(input_shape) == 4 else None
+  if (not isinstance(side, int) or input_shape[1:] != (side, side, 3)
+      or side > preprocessing.STORED_SIZE):
+    raise ValueError(f"The model must take [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3] crops (or "
+                     f"another square side <= {preprocessing.STORED_SIZE}, as a converted Caffe "
+                     f"net's 227); its input shape is {input_shape}.")
   output_shape = tuple(model.output_shape)
   if len(output_shape) != 2 or not output_shape[-1] or output_shape[-1] < 2:
     raise ValueError(f"The model must output [N, num_classes >= 2]; its output shape is "

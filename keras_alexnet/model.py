@@ -79,22 +79,51 @@ class ModelConfig:
   # unit-variance inputs; 1/64 brings the ~+-128 pixel range there. Part of the model, so
   # evaluation and export apply it without knowing of it.
   input_scale: float = 1.0
+  # Pretrained nets of other projects are other values of these (keras_alexnet.convert; README
+  # "Pretrained weights"). The defaults are the paper's net. input_scale may then also be 3
+  # per-channel factors (torchvision's 1 / (255 std)).
+  conv1_padding: Optional[Tuple[int, int, int, int]] = None  # (top, bottom, left, right);
+  # None: the variant's ((0, 3, 0, 3) cuda-convnet's overhang, one_tower 2 all round).
+  lrn_bias: float = LRN_BIAS        # k; Caffe's bvlc_alexnet: 1.
+  lrn_alpha: float = LRN_ALPHA      # TF's alpha, not divided by n: Caffe's 1e-4 is 2e-5 here.
+  lrn_towers: int = 2               # 1: each map's window spans all maps (Caffe ignores groups).
+  ceil_pooling: bool = False        # Caffe: pooled sizes round up (the last window hangs over).
+  bgr: bool = False                 # The model reverses its RGB input to BGR (Caffe's order).
   conv6: bool = False               # Section 6: the sixth conv layer over pool5 ("1 CNN*").
 
 
-def _check_config(config: ModelConfig):
+def _check_config(config: ModelConfig, include_top: bool = True):
   def bad(what, got, allowed):
     raise ValueError(f"{what} must be {allowed}; received {got!r}.")
   if config.variant not in VARIANTS:
     bad("variant", config.variant, f"one of {VARIANTS}")
   if isinstance(config.num_classes, bool) or not isinstance(config.num_classes, int) or config.num_classes < 2:
     bad("num_classes", config.num_classes, "an integer >= 2")
-  if tuple(config.input_shape) != (IMAGE_SIZE, IMAGE_SIZE, 3):
+  shape = tuple(config.input_shape)
+  top, bottom, left, right = _conv1_padding(config)
+  sides = [_pool5_size(n, pad, config) if n else None
+           for n, pad in zip(shape[:2], (top + bottom, left + right))]
+  if not include_top:
+    if len(shape) != 3 or shape[2] != 3 or any(n is not None and n < 1 for n in sides):
+      bad("input_shape", config.input_shape, "(H, W, 3) large enough for pool5's 3x3 window "
+          "(H, W >= 64 for the paper's net) or with None sides")
+  elif config.conv1_padding is None and shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
     bad("input_shape", config.input_shape,
         f"({IMAGE_SIZE}, {IMAGE_SIZE}, 3): the conv/pool stack must end on the 6x6x256 grid "
         "that fc6 is sized for (section 3.5); crop larger images to 224 first")
-  if not (isinstance(config.input_scale, (int, float)) and config.input_scale > 0):
+  elif len(shape) != 3 or shape[2] != 3 or any(n != 6 for n in sides):
+    bad(f"input_shape with conv1_padding {config.conv1_padding}", config.input_shape,
+        "(H, W, 3) on which the conv/pool stack ends on fc6's 6x6 grid (227 unpadded)")
+  if isinstance(config.input_scale, tuple):
+    if len(config.input_scale) != 3 or not all(
+        isinstance(v, (int, float)) and v > 0 for v in config.input_scale):
+      bad("input_scale", config.input_scale, "a number > 0 or 3 of them (one per channel)")
+  elif not (isinstance(config.input_scale, (int, float)) and config.input_scale > 0):
     bad("input_scale", config.input_scale, "a number > 0")
+  if config.lrn_towers not in (1, 2):
+    bad("lrn_towers", config.lrn_towers, "1 or 2")
+  if config.ceil_pooling and config.pooling != "overlapping":
+    bad("ceil_pooling with pooling", config.pooling, "'overlapping' (Caffe's 3x3/2)")
   if config.activation not in ACTIVATIONS:
     bad("activation", config.activation, f"one of {ACTIVATIONS}")
   if config.pooling not in POOLINGS:
@@ -127,6 +156,27 @@ def _check_config(config: ModelConfig):
           f"The two-tower split needs two devices; {missing} not found among "
           f"{sorted(d.name for d in tf.config.list_logical_devices())}. On a CPU-only machine, "
           "split the CPU with tf.config.set_logical_device_configuration before building.")
+
+
+def _conv1_padding(config: ModelConfig):
+  """(top, bottom, left, right) zeros around the input of conv1."""
+  if config.conv1_padding is not None:
+    return tuple(config.conv1_padding)
+  return (0, 3, 0, 3) if config.variant == "paper" else (2, 2, 2, 2)
+
+
+def _pooled(size, window, stride, ceil):
+  return -(-(size - window) // stride) + 1 if ceil else (size - window) // stride + 1
+
+
+def _pool5_size(size, padding, config: ModelConfig) -> int:
+  """The side of pool5's grid for an input side `size` padded by `padding` zeros in all (6 is
+  what fc6 is sized for)."""
+  window = 3 if config.pooling == "overlapping" else 2
+  size = (size + padding - 11) // 4 + 1                          # conv1; conv2-5 keep sizes
+  for _ in range(3):
+    size = _pooled(size, window, 2, config.ceil_pooling)
+  return size
 
 
 def _per_tower(fn, inputs, devices):
@@ -266,17 +316,35 @@ class PlacedMaxPooling2D(keras.layers.MaxPooling2D):
   """keras.layers.MaxPooling2D that, given two devices, pools each tower's maps on its own
   device (pooling is per map, so the result is the same)."""
 
-  def __init__(self, *args, devices=None, **kwargs):
+  def __init__(self, *args, devices=None, ceil_mode=False, **kwargs):
     super().__init__(*args, **kwargs)
     self.devices = tuple(devices) if devices else None
+    self.ceil_mode = ceil_mode
 
   def call(self, inputs):
+    if self.ceil_mode:
+      inputs = self._pad_for_ceil(inputs)
     if self.devices:
       return _per_tower(super().call, inputs, self.devices)
     return super().call(inputs)
 
+  def _pad_for_ceil(self, inputs):
+    """Caffe's ceil-mode pooling: the bottom/right are padded with the dtype's lowest value
+    (never the maximum) up to the size whose 'valid' pooling has ceil((n - z) / s) + 1 rows."""
+    shape = tf.shape(inputs)
+    pads = [(-(shape[1 + i] - self.pool_size[i])) % self.strides[i] for i in range(2)]
+    return tf.pad(inputs, [[0, 0], [0, pads[0]], [0, pads[1]], [0, 0]],
+                  constant_values=inputs.dtype.min)
+
+  def compute_output_shape(self, input_shape):
+    if not self.ceil_mode:
+      return super().compute_output_shape(input_shape)
+    sides = [None if n is None else _pooled(n, z, s, True)
+             for n, z, s in zip(input_shape[1:3], self.pool_size, self.strides)]
+    return (input_shape[0], *sides, input_shape[3])
+
   def get_config(self):
-    return {**super().get_config(), "devices": self.devices}
+    return {**super().get_config(), "devices": self.devices, "ceil_mode": self.ceil_mode}
 
 
 class _Placed:
@@ -403,6 +471,17 @@ class SplitChannels(keras.layers.Layer):
     return {**super().get_config(), "tower": self.tower, "device": self.device}
 
 
+@keras.saving.register_keras_serializable(package="keras_alexnet")
+class ReverseChannels(keras.layers.Layer):
+  """RGB -> BGR (and back): the input order of nets trained in Caffe, which loads with OpenCV."""
+
+  def call(self, inputs):
+    return inputs[..., ::-1]
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+
 def _initializers(config: ModelConfig, name: str):
   if config.init == "he":
     return keras.initializers.HeNormal(), keras.initializers.Zeros()
@@ -411,8 +490,12 @@ def _initializers(config: ModelConfig, name: str):
           keras.initializers.Constant(bias))
 
 
-def alexnet(config: Optional[ModelConfig] = None, **overrides) -> keras.Model:
+def alexnet(config: Optional[ModelConfig] = None, include_top: bool = True,
+            **overrides) -> keras.Model:
   """Builds AlexNet; `alexnet(num_classes=10)` is `alexnet(ModelConfig(num_classes=10))`.
+
+  include_top=False ends on pool5, for any input_shape whose grid is still >= 1 there (None
+  sides allowed): the convolutional trunk of keras_alexnet.applications.
 
   Returns a functional keras.Model from float32 [N, 224, 224, 3] (mean-subtracted) to
   logits [N, num_classes] (probabilities if config.softmax). Layers carry the paper's names:
@@ -420,7 +503,7 @@ def alexnet(config: Optional[ModelConfig] = None, **overrides) -> keras.Model:
   (with conv6: conv6_a/b), fc6, dropout6, fc7, dropout7, fc8.
   """
   config = dataclasses.replace(config or ModelConfig(), **overrides)
-  _check_config(config)
+  _check_config(config, include_top)
   widths = _WIDTHS[config.variant]
   towers = config.variant == "paper"
   dev_a, dev_b = config.devices or (None, None)
@@ -436,10 +519,12 @@ def alexnet(config: Optional[ModelConfig] = None, **overrides) -> keras.Model:
     # Section 3.4: overlapping pooling s=2, z=3; the baseline s=z=2 gives the same grid
     # sizes here (55 -> 27 -> 13 -> 6), so fc6 is unchanged.
     size = 3 if config.pooling == "overlapping" else 2
-    return PlacedMaxPooling2D(size, strides=2, devices=both, name=name)
+    return PlacedMaxPooling2D(size, strides=2, devices=both, ceil_mode=config.ceil_pooling,
+                              name=name)
 
   def lrn(name):
-    return LocalResponseNormalization(towers=2, devices=both, name=name)
+    return LocalResponseNormalization(bias=config.lrn_bias, alpha=config.lrn_alpha,
+                                      towers=config.lrn_towers, devices=both, name=name)
 
   def split(x, name):
     """The maps of tower a and of tower b, each on its device."""
@@ -454,18 +539,23 @@ def alexnet(config: Optional[ModelConfig] = None, **overrides) -> keras.Model:
   def concat(pair, name):
     return keras.layers.Concatenate(name=f"{name}_concat")(list(pair))
 
-  inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="images")
+  inputs = keras.Input(tuple(config.input_shape), name="images")
   x = inputs
+  if config.bgr:
+    x = ReverseChannels(name="rgb_to_bgr")(x)
   if config.input_scale != 1.0:
-    x = keras.layers.Rescaling(config.input_scale, name="input_scale")(x)
+    # Per channel (a tuple) in the model's own channel order.
+    scale = list(config.input_scale) if isinstance(config.input_scale, tuple) else config.input_scale
+    x = keras.layers.Rescaling(scale, name="input_scale")(x)
 
   # conv1: 96@11x11/4 -> 55x55. (224 - 11) / 4 + 1 is not whole; the paper's cuda-convnet
   # rounds the module count up, i.e. the last window hangs 3 pixels over the right and bottom
   # edges, reading zeros. Padding 3 on those two sides reproduces that exactly.
-  if towers:
-    x = keras.layers.ZeroPadding2D(((0, 3), (0, 3)), name="conv1_pad")(x)
-  else:  # "One weird trick" / torchvision: padding 2 on every side.
-    x = keras.layers.ZeroPadding2D(2, name="conv1_pad")(x)
+  # "One weird trick" / torchvision: padding 2 on every side; Caffe's bvlc_alexnet: none, on
+  # 227x227 inputs. (_conv1_padding.)
+  top, bottom, left, right = _conv1_padding(config)
+  if top or bottom or left or right:
+    x = keras.layers.ZeroPadding2D(((top, bottom), (left, right)), name="conv1_pad")(x)
   x = conv("conv1", widths["conv1"], 11, stride=4, padding="valid", devices=both)(x)
   if config.lrn and towers:
     x = lrn("lrn1")(x)
@@ -502,6 +592,8 @@ def alexnet(config: Optional[ModelConfig] = None, **overrides) -> keras.Model:
       x = concat(in_towers(split(x, "conv6"), "conv6", CONV6_WIDTH, CONV6_SIZE), "conv6")
     else:
       x = conv("conv6", CONV6_WIDTH, CONV6_SIZE)(x)               # still 6x6x256
+  if not include_top:
+    return keras.Model(inputs, x, name="alexnet_trunk")
 
   x = keras.layers.Flatten(name="flatten")(x)
   for name in ("fc6", "fc7"):

@@ -281,21 +281,30 @@ def _gather_crops(images, rows, cols):
   return tf.gather(images, cols, axis=2, batch_dims=1)
 
 
-def _crop(images, stats, mean, y, x):
+def _crop(images, stats, mean, y, x, size=IMAGE_SIZE):
   """The mean-subtracted float32 crop at the static offset (y, x)."""
-  crop = tf.cast(images[:, y:y + IMAGE_SIZE, x:x + IMAGE_SIZE, :], tf.float32)
+  crop = tf.cast(images[:, y:y + size, x:x + size, :], tf.float32)
   mean = _mean_image(stats, mean)
   if mean.shape[0] == STORED_SIZE:
-    mean = mean[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE, :]
+    mean = mean[y:y + size, x:x + size, :]
   return crop - mean
 
 
-def center_crop(images, stats: Statistics, mean: str = "per_pixel") -> tf.Tensor:
+def _check_size(size):
+  if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= STORED_SIZE:
+    raise ValueError(f"The crop size must be an integer in 1..{STORED_SIZE}; received {size!r}.")
+
+
+def center_crop(images, stats: Statistics, mean: str = "per_pixel",
+                size: int = IMAGE_SIZE) -> tf.Tensor:
   """The evaluation input: the centre 224x224 patch minus the mean. uint8 [B, 256, 256, 3] ->
-  float32 [B, 224, 224, 3]. `mean` must be the one training used."""
+  float32 [B, 224, 224, 3]. `mean` must be the one training used. Another `size` (a converted
+  Caffe net's 227) starts at (256 - size) // 2, the integer division of Caffe's data layer."""
   images = tf.convert_to_tensor(images)
   _check_batch(images)
-  return _crop(images, stats, mean, CENTER_OFFSET, CENTER_OFFSET)
+  _check_size(size)
+  offset = (STORED_SIZE - size) // 2
+  return _crop(images, stats, mean, offset, offset, size)
 
 
 # Section 4.1: "the four corner patches and the center patch as well as their horizontal
@@ -304,12 +313,17 @@ VIEW_OFFSETS = ((0, 0), (0, MAX_OFFSET), (MAX_OFFSET, 0), (MAX_OFFSET, MAX_OFFSE
                 (CENTER_OFFSET, CENTER_OFFSET))
 
 
-def ten_views(images, stats: Statistics, mean: str = "per_pixel") -> tf.Tensor:
+def ten_views(images, stats: Statistics, mean: str = "per_pixel",
+              size: int = IMAGE_SIZE) -> tf.Tensor:
   """The paper's 10 test patches of each image: uint8 [B, 256, 256, 3] -> float32
-  [B, 10, 224, 224, 3], views 0-4 as in VIEW_OFFSETS, views 5-9 their mirrors."""
+  [B, 10, 224, 224, 3], views 0-4 as in VIEW_OFFSETS, views 5-9 their mirrors (corners and
+  centre of `size` crops for another size)."""
   images = tf.convert_to_tensor(images)
   _check_batch(images)
-  views = [_crop(images, stats, mean, y, x) for y, x in VIEW_OFFSETS]
+  _check_size(size)
+  last, centre = STORED_SIZE - size, (STORED_SIZE - size) // 2
+  offsets = ((0, 0), (0, last), (last, 0), (last, last), (centre, centre))
+  views = [_crop(images, stats, mean, y, x, size) for y, x in offsets]
   views += [tf.reverse(view, axis=[2]) for view in views]
   return tf.stack(views, axis=1)
 
@@ -348,9 +362,11 @@ def decode_to_stored(image_bytes) -> tf.Tensor:
   return tf.ensure_shape(stored, [STORED_SIZE, STORED_SIZE, 3])
 
 
-def serving_preprocess(image_bytes, stats: Statistics, mean: str = "per_pixel") -> tf.Tensor:
-  """Encoded image bytes (scalar string) -> the evaluation input, float32 [224, 224, 3]."""
-  return center_crop(decode_to_stored(image_bytes)[None], stats, mean)[0]
+def serving_preprocess(image_bytes, stats: Statistics, mean: str = "per_pixel",
+                       size: int = IMAGE_SIZE) -> tf.Tensor:
+  """Encoded image bytes (scalar string) -> the evaluation input, float32 [224, 224, 3]
+  ([size, size, 3])."""
+  return center_crop(decode_to_stored(image_bytes)[None], stats, mean, size)[0]
 
 
 def lighting_stddev(stats: Statistics) -> np.ndarray:

@@ -494,6 +494,13 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
     raise ValueError(f"The training split has {num_train} examples, fewer than one global "
                      f"batch of {t.batch_size}.")
   model_config = dataclasses.replace(config.model, num_classes=num_classes)
+  if t.init_checkpoint and not t.tiny_model:
+    # A converted pretrained net is fine-tuned as the source's own architecture (on the usual
+    # 224 crops: Caffe's unpadded net reaches fc6's 6x6 grid there too, by its ceil pooling).
+    source = checkpointing.init_architecture(t.init_checkpoint)
+    if source:
+      logging.info("--init_checkpoint is a converted net; its architecture is kept: %s", source)
+      model_config = dataclasses.replace(model_config, **source)
   metadata = _metadata(config, model_config, data_meta, stats, steps_per_epoch, strategy)
   if t.resume:
     _check_same_run(workdir, metadata)

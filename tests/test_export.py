@@ -373,10 +373,12 @@ def test_bad_input_is_refused_before_writing(stats, tmp_path):
     export.export_saved_model(model, {"classes": CLASSES}, stats, "gs://bucket/alexnet")
   with pytest.raises(ValueError, match="mean must be one of"):
     export.export_saved_model(model, {"classes": CLASSES}, stats, str(base), mean="median")
-  wrong_input = keras.Sequential([keras.Input((227, 227, 3)), keras.layers.Flatten(),
-                                  keras.layers.Dense(10)])
-  with pytest.raises(ValueError, match=r"input shape is \(None, 227, 227, 3\)"):
-    export.export_saved_model(wrong_input, {"classes": CLASSES}, stats, str(base))
+  # Crops are square and cut from the 256x256 stored image (224, or a Caffe net's 227).
+  for shape in ((288, 288, 3), (224, 200, 3)):
+    wrong_input = keras.Sequential([keras.Input(shape), keras.layers.Flatten(),
+                                    keras.layers.Dense(10)])
+    with pytest.raises(ValueError, match=re.escape(f"input shape is {(None, *shape)}")):
+      export.export_saved_model(wrong_input, {"classes": CLASSES}, stats, str(base))
   assert not base.exists()
 
 
