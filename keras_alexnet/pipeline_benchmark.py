@@ -151,9 +151,9 @@ def _decode_pass(data_dir: str, batch_size: int, jpegs: Optional[List[bytes]] = 
   return lambda: _timed(ds)
 
 
-def _pil_pass(loader, paths, batch_size):
+def _pil_pass(loader, paths):
   def run():
-    wall, cpu, images, _ = loader.run(paths, batch_size)
+    wall, cpu, _, _ = loader.run(paths)
     return wall, cpu
   return run
 
@@ -204,8 +204,8 @@ def cpu_figures(config: dataset.DataConfig, batch_size: int, repeats: int = 5,
     if pil_workers:
       folder = stack.enter_context(tempfile.TemporaryDirectory())
       paths = pil_loader.write_files(jpegs, folder)
-      loader = stack.enter_context(pil_loader.PilLoader(pil_workers))
-      passes["pil"] = _pil_pass(loader, paths, batch_size)
+      loader = stack.enter_context(pil_loader.PilLoader(pil_workers, batch_size))
+      passes["pil"] = _pil_pass(loader, paths)
     for run in passes.values():
       run()   # warm-up: tracing, thread pools, worker start, page cache
     rounds = [{name: run() for name, run in passes.items()} for _ in range(repeats)]
@@ -308,7 +308,7 @@ def rows(num_images: int = 2048, batch_size: int = 128, data_dir: Optional[str] 
           detail("jpeg", f"{vs('jpeg', 'bound')}; batch {batch_size}; epoch setup "
                          f"{setup * 1000:.0f} ms")),
       Row(f"PIL loader ({n} processes)", p["pil"]["rate"], detail=detail(
-          "pil", "open+decode+stack per worker, batches pickled to the main process")),
+          "pil", "open+decode into shared-memory batches, 2 in flight per worker")),
       Row("cpu pipeline vs PIL loader", cpu.pipeline, "PIL loader", r["jpeg/pil"]["rate"],
           vs("jpeg", "pil")),
       Row("raw pipeline -> uint8 batches", p["raw"]["rate"], "cpu pipeline (JPEG)",

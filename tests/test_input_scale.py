@@ -246,8 +246,8 @@ def test_pil_loader_does_the_work_it_is_timed_for(tmp_path):
   images = [pb._natural_image(rng) for _ in range(6)]
   jpegs = [tf.io.encode_jpeg(i, quality=95).numpy() for i in images]
   paths = pil_loader.write_files(jpegs, str(tmp_path / "files"))
-  with pil_loader.PilLoader(2) as loader:
-    wall, cpu, count, batch = loader.run(paths, 3)
+  with pil_loader.PilLoader(2, 3) as loader:
+    wall, cpu, count, batch = loader.run(paths)
   assert count == 6 and wall > 0 and cpu > 0
   # The last batch is PIL's decode of the last three files (not made up).
   want = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths[3:]])
