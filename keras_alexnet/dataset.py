@@ -76,9 +76,10 @@ class DataConfig:
   data_service_address: Optional[str] = None   # grpc://HOST:PORT of a tf.data dispatcher.
   synthetic: bool = False               # Random batches, no files: benchmarks the model.
   num_classes: Optional[int] = None     # None: from dataset_info.json or the format.
-  # Speed for exactness, both off by default (BUILD_NOTES, "Input pipeline at accelerator
-  # scale"). decode_crop: training decodes only a random 224x224 window of each stored JPEG
-  # and yields (crops, labels, offsets); preprocessing.augment_crops does the rest in the step.
+  # Options, off by default (BUILD_NOTES, "Input pipeline at accelerator scale", has what
+  # they cost and change). decode_crop: training decodes only a random 224x224 window of each
+  # stored JPEG (exactly the full decode's window) and yields (crops, labels, offsets);
+  # preprocessing.augment_crops does the rest in the step.
   decode_crop: bool = False
   # decode_jpeg's IDCT. "" is TF's default, which is libjpeg's JDCT_IFAST ("INTEGER_FAST":
   # the same pixels bit for bit, checked); "INTEGER_ACCURATE" is JDCT_ISLOW, libjpeg's and
@@ -479,12 +480,11 @@ def _decode_raw_batch(encoded, label):
   return tf.reshape(tf.io.decode_raw(encoded, tf.uint8), [-1, size, size, 3]), label
 
 
-def _crop_decoder(source: _Source, seed: int, dct_method: str = ""):
+def _crop_decoder(seed: int, dct_method: str = ""):
   """decode_crop=True: (index in the epoch, (encoded, label, where)) -> (uint8 [224, 224, 3],
   label, int32 [2] offsets). Only the random 224x224 window is decoded; its offsets, uniform
   in 0..32 per axis as augment's, are drawn from (seed, index), so a resumed epoch takes the
   same windows."""
-  del source
   size, crop = preprocessing.STORED_SIZE, preprocessing.IMAGE_SIZE
 
   @_no_autograph
@@ -634,7 +634,7 @@ def create_split(config: DataConfig, train: bool, batch_size: int, *,
           deterministic=deterministic)
     else:
       if crop:
-        decode = _crop_decoder(source, _seed(config, epoch, 2), config.dct_method)
+        decode = _crop_decoder(_seed(config, epoch, 2), config.dct_method)
       ds = ds.map(decode, num_parallel_calls=config.num_parallel_calls,
                   deterministic=deterministic)
       ds = ds.batch(batch_size, drop_remainder=train)

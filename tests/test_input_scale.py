@@ -3,6 +3,7 @@ the same images, decode-and-crop, the one validation iterator, and the PIL compa
 benchmark. Real photos-like JPEGs, real TFRecords written by tfrecords.build, real processes.
 Speed is not timed here (targets live in the benchmark command)."""
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -105,6 +106,18 @@ def test_raw_and_jpeg_give_the_same_batches_and_resume(builds, train):
       np.testing.assert_array_equal(jpeg_image, tf.io.decode_jpeg(converted.encoded).numpy())
       error = np.abs(jpeg_image.astype(int) - raw_image.astype(int))
       assert error.mean() < 3 and error.max() <= 40     # q95 JPEG of a photo-like image
+
+
+def test_raw_cache_gives_the_uncached_images(builds):
+  config = dataset.DataConfig(builds["out"]["raw"], deterministic=True, shuffle_buffer=4)
+  cached = dataclasses.replace(config, cache=True)
+  digest = lambda batches: sorted(hashlib.sha256(image.tobytes()).hexdigest() + str(label)
+                                  for x, y in batches for image, label in zip(x, y))
+  for train in (True, False):   # train: the cached epoch is shuffled from another file order
+    assert digest(_batches(cached, train, 4)) == digest(_batches(config, train, 4))
+  for (x, y), (cx, cy) in zip(_batches(config, False, 4), _batches(cached, False, 4)):
+    np.testing.assert_array_equal(cx, x)
+    np.testing.assert_array_equal(cy, y)
 
 
 def test_corrupted_raw_shard_is_named(builds, tmp_path):
