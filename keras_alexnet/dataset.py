@@ -45,8 +45,13 @@ IMAGENET_NUM_CLASSES = 1000
 CYCLE_LENGTH = 16
 # A TFRecord frames each record with an 8-byte length, its 4-byte CRC and the data's 4-byte CRC.
 RECORD_OVERHEAD = 16
-# Records per step of the shard reader's integrity bookkeeping.
-READ_BATCH = 32
+# Records per step of the shard reader's integrity bookkeeping, parsing and label checks.
+READ_BATCH = 64
+# What image/encoded holds in this project's shards (dataset_info.json's "encoding"): a JPEG,
+# or the 256x256x3 uint8 pixels, row-major RGB (decode-free; 196,608 bytes an image).
+ENCODINGS = ("jpeg", "raw")
+RAW_BYTES = preprocessing.STORED_SIZE * preprocessing.STORED_SIZE * 3
+DCT_METHODS = ("", "INTEGER_ACCURATE", "INTEGER_FAST")
 
 TFDS_KEYS = ("image", "label", "file_name")
 # The keys a format's records must have.
@@ -72,6 +77,15 @@ class DataConfig:
   data_service_address: Optional[str] = None   # grpc://HOST:PORT of a tf.data dispatcher.
   synthetic: bool = False               # Random batches, no files: benchmarks the model.
   num_classes: Optional[int] = None     # None: from dataset_info.json or the format.
+  # Options, off by default (BUILD_NOTES, "Input pipeline at accelerator scale", has what
+  # they cost and change). decode_crop: training decodes only a random 224x224 window of each
+  # stored JPEG (exactly the full decode's window) and yields (crops, labels, offsets);
+  # preprocessing.augment_crops does the rest in the step.
+  decode_crop: bool = False
+  # decode_jpeg's IDCT. "" is TF's default, which is libjpeg's JDCT_IFAST ("INTEGER_FAST":
+  # the same pixels bit for bit, checked); "INTEGER_ACCURATE" is JDCT_ISLOW, libjpeg's and
+  # PIL's default, up to ~5 levels apart from the fast one and slower.
+  dct_method: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +98,7 @@ class _Source:
   classes: Optional[list]
   num_examples: dict
   info: Optional[dict]
+  encoding: str = "jpeg"      # "jpeg" | "raw": what image/encoded holds (keras_alexnet only)
 
 
 def _check_config(config: DataConfig):
@@ -102,6 +117,12 @@ def _check_config(config: DataConfig):
   address = config.data_service_address
   if address is not None and not re.match(r"^(grpc://)?[^:/\s]+:\d+$", address):
     bad("data_service_address", address, "grpc://HOST:PORT (the dispatcher)")
+  if config.dct_method not in DCT_METHODS:
+    bad("dct_method", config.dct_method, f"one of {DCT_METHODS} ('': TF's default, "
+        "INTEGER_FAST)")
+  if config.decode_crop and config.cache:
+    bad("decode_crop", config.decode_crop, "False with cache=True (a cached epoch would keep "
+        "one epoch's crops)")
   if config.cache and address is not None:
     bad("cache", config.cache, "False with a tf.data service (the workers hold no cache "
         "across epochs)")
@@ -148,16 +169,41 @@ def _shard_sizes(files: tuple) -> tuple:
   return tuple(tf.io.gfile.stat(path).length for path in files)
 
 
-def _first_record_keys(path: str) -> list:
+def _first_record(path: str) -> dict:
+  """The feature map of the shard's first record."""
   try:
     for record in tf.data.TFRecordDataset(path).take(1):
-      return sorted(tf.train.Example.FromString(record.numpy()).features.feature)
+      return dict(tf.train.Example.FromString(record.numpy()).features.feature)
   except (tf.errors.DataLossError, tf.errors.OpError) as e:
     raise ValueError(f"{path}: cannot read its first record ({e.message.strip()}): the shard "
                      "is corrupted or not a TFRecord file.") from None
   except Exception as e:  # protobuf's DecodeError: not a tf.train.Example.
     raise ValueError(f"{path}: the first record is not a tf.train.Example ({e}).") from None
   raise ValueError(f"{path}: the shard holds no records.")
+
+
+def _first_record_keys(path: str) -> list:
+  return sorted(_first_record(path))
+
+
+def _encoding(data_dir, first, record, ours) -> str:
+  """"jpeg" or "raw": dataset_info.json's "encoding" (absent: jpeg), checked against the
+  image/format of the first record, so that a dataset_info.json and shards of different
+  builds fail here, before any reading, rather than as a decoding error without a file."""
+  info_path = os.path.join(data_dir, dataset_info.FILENAME)
+  encoding = (ours or {}).get("encoding", "jpeg")
+  if encoding not in ENCODINGS:
+    raise ValueError(f"{info_path}: encoding {encoding!r}; allowed: {list(ENCODINGS)}.")
+  stored = record.get(features.FORMAT)
+  stored = (stored.bytes_list.value[0].decode("utf-8", "replace")
+            if stored is not None and stored.bytes_list.value else features.FORMAT_JPEG)
+  if (stored.upper() == features.FORMAT_RAW) != (encoding == "raw"):
+    raise ValueError(
+        f"{info_path} says encoding {encoding!r}, but {first} holds image/format "
+        f"{stored!r} records ({features.FORMAT_RAW!r}: raw pixels, else encoded images). The "
+        "dataset_info.json and the shards come from different builds: rebuild, or copy the "
+        "matching dataset_info.json.")
+  return encoding
 
 
 def _format_of_keys(keys, has_info):
@@ -191,7 +237,8 @@ def _resolve(config: DataConfig, counts: bool = True) -> _Source:
   tfds_info = _is_tfds_info(info)
   ours = info if info is not None and not tfds_info else None
   first = next(f for split in SPLITS for f in files[split])
-  keys = _first_record_keys(first)
+  record = _first_record(first)
+  keys = sorted(record)
   detected = _format_of_keys(keys, ours is not None)
 
   if config.format != "auto":
@@ -247,19 +294,25 @@ def _resolve(config: DataConfig, counts: bool = True) -> _Source:
     raise ValueError(f"{data_dir}/{dataset_info.FILENAME} has no num_classes; pass "
                      "num_classes explicitly.")
 
-  image_size = None
+  image_size, encoding = None, "jpeg"
   if fmt == "keras_alexnet":
+    encoding = _encoding(data_dir, first, record, ours)
     image_size = (ours or {}).get("image_size", preprocessing.STORED_SIZE)
     if image_size not in (None, preprocessing.STORED_SIZE):
       raise ValueError(f"{data_dir}: image_size {image_size!r} in {dataset_info.FILENAME}; the "
                        f"pipeline reads {preprocessing.STORED_SIZE}x{preprocessing.STORED_SIZE} "
                        "images or original sizes (null).")
+    if encoding == "raw" and image_size != preprocessing.STORED_SIZE:
+      raise ValueError(f"{data_dir}/{dataset_info.FILENAME}: encoding 'raw' needs image_size "
+                       f"{preprocessing.STORED_SIZE} (raw pixels carry no shape); found "
+                       f"{image_size!r}.")
 
   num_examples = {split: _num_examples(data_dir, split, files[split], ours, info if tfds_info
                                        else None) for split in SPLITS
                   if split != "test" or files[split]} if counts else {}   # test: if present
   return _Source(format=fmt, label_offset=label_offset, num_classes=num_classes,
-                 image_size=image_size, classes=classes, num_examples=num_examples, info=ours)
+                 image_size=image_size, classes=classes, num_examples=num_examples, info=ours,
+                 encoding=encoding)
 
 
 def _wordnet_names(classes: list) -> list:
@@ -324,18 +377,19 @@ def _num_examples(data_dir, split, files, ours, tfds_info):
 
 def dataset_metadata(config: DataConfig) -> dict:
   """format, num_classes, classes ([wnid_or_name, text] in label order, or None when the
-  records do not say), num_examples {"train": N, "validation": M}, label_offset, image_size.
+  records do not say), num_examples {"train": N, "validation": M}, label_offset, image_size,
+  encoding ("jpeg" or "raw"; None for synthetic data).
 
   Raises FileNotFoundError naming the builder command when data_dir holds no shards.
   """
   if config.synthetic:
     return dict(format="synthetic", num_classes=config.num_classes or IMAGENET_NUM_CLASSES,
                 classes=None, num_examples=dict(IMAGENET_NUM_EXAMPLES), label_offset=0,
-                image_size=preprocessing.STORED_SIZE)
+                image_size=preprocessing.STORED_SIZE, encoding=None)
   source = _resolve(config)
   return dict(format=source.format, num_classes=source.num_classes, classes=source.classes,
               num_examples=dict(source.num_examples), label_offset=source.label_offset,
-              image_size=source.image_size)
+              image_size=source.image_size, encoding=source.encoding)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,16 +408,26 @@ def _assert(condition, data):
                            summarize=10)
 
 
+def _first_where(mask, *values):
+  """values[i][j] at the first j where mask[j] (or at 0 if none; a padding value when the
+  batch is empty): what an error message shows of a batch."""
+  first = tf.argmax(tf.concat([tf.cast(mask, tf.int32), [0]], 0))
+  return [tf.gather(tf.concat([v, tf.zeros([1], v.dtype)], 0), first) for v in values]
+
+
 def _reader(source: _Source):
-  """(shard path, file size) -> dataset of parsed records (path, encoded image, stored label,
-  image file name), failing with the shard's name on corruption.
+  """(shard path, file size) -> dataset of READ_BATCH-record batches (encoded image, int32
+  label, where), failing with the shard's name on corruption and with the image's on a bad
+  label. `where` ("<shard path> image <file name>") is what a later per-image check names;
+  raw shards, checked whole here, have no `where`.
 
   TFRecordDataset reports a bad CRC or a truncated file as "corrupted record at N", without
   the file. So the reader's error is swallowed (ignore_errors: the reader then stops at that
   record) and the bytes read are checked against the file size after the shard's last record:
   a shard that was not read to its end fails here, naming itself, right after the bad record.
-  The bookkeeping and the parsing run per READ_BATCH records (an empty batch marks the end):
-  per record they cost more than the rest of the reading.
+  Everything per record that can be vectorized runs here per READ_BATCH records (an empty
+  batch marks the end): the bookkeeping, the parse, the label check and, for raw shards, the
+  size check. Per record they cost more than the rest of the reading (BUILD_NOTES).
   """
   if source.format == "tfds":
     encoded_key, label_key, name_key = TFDS_KEYS
@@ -372,6 +436,8 @@ def _reader(source: _Source):
   spec = {encoded_key: tf.io.FixedLenFeature([], tf.string),
           label_key: tf.io.FixedLenFeature([], tf.int64),
           name_key: tf.io.FixedLenFeature([], tf.string, default_value="")}
+  raw = source.encoding == "raw"
+  offset, num_classes = source.label_offset, source.num_classes
 
   @_no_autograph
   def count(read, records):
@@ -391,41 +457,104 @@ def _reader(source: _Source):
           "of", size, "bytes. Rebuild or re-copy this shard."])
       with tf.control_dependencies([assertion]):
         examples = tf.io.parse_example(records, spec)
-      return (tf.fill(tf.shape(records), path), examples[encoded_key], examples[label_key],
-              examples[name_key])
+      encoded, names, stored = examples[encoded_key], examples[name_key], examples[label_key]
+      label = stored - offset
+      # Conditions and messages from a few ops per batch: a boolean_mask of the names cost
+      # ~15 us per record. The message names the first offending record of the batch.
+      bad = tf.logical_or(label < 0, label >= num_classes)
+      name, value = _first_where(bad, names, stored)
+      checks = [_assert(tf.logical_not(tf.reduce_any(bad)), [
+          f"Label out of range [0, {num_classes}) after subtracting label_offset={offset} "
+          "(set label_offset/num_classes): shard", path, "image", name, "stored label", value])]
+      if raw:
+        lengths = tf.strings.length(encoded)
+        wrong = tf.not_equal(lengths, RAW_BYTES)
+        name, value = _first_where(wrong, names, lengths)
+        checks.append(_assert(tf.logical_not(tf.reduce_any(wrong)), [
+            f"A raw record is not {preprocessing.STORED_SIZE}x{preprocessing.STORED_SIZE}x3 "
+            f"uint8 ({RAW_BYTES} bytes), as {dataset_info.FILENAME}'s encoding 'raw' needs: "
+            "shard", path, "image", name, "bytes", value,
+            ". Rebuild the shard with tfrecords.build --encoding=raw."]))
+      with tf.control_dependencies(checks):
+        label = tf.cast(label, tf.int32)
+      if raw:   # checked here whole: nothing later needs to name a record
+        return encoded, label
+      return encoded, label, tf.strings.join([path, " image ", names])
 
     return batches.scan(tf.constant(0, tf.int64), count).map(check_and_parse)
 
   return read_shard
 
 
-def _decoder(source: _Source):
-  """(shard path, encoded image, stored label, file name) -> (uint8 [256, 256, 3], int32)."""
-  stored = source.image_size == preprocessing.STORED_SIZE
+def _decoder(source: _Source, dct_method: str = ""):
+  """(encoded image, label, where) -> (uint8 [256, 256, 3], label), for one record. Raw shards
+  ((encoded, label)) decode a whole batch at once instead (`_decode_raw_batch`); this is their
+  per-record form (cache=True)."""
   size = preprocessing.STORED_SIZE
+  if source.encoding == "raw":
+    @_no_autograph
+    def decode_raw(encoded, label):   # the reader checked the size
+      return tf.reshape(tf.io.decode_raw(encoded, tf.uint8), [size, size, 3]), label
+    return decode_raw
+  if source.image_size != size:
+    @_no_autograph
+    def decode_any(encoded, label, where):
+      del where
+      return preprocessing.decode_to_stored(encoded), label
+    return decode_any
 
   @_no_autograph
-  def decode(path, encoded, raw_label, name):
-    if stored:
-      # The builder stored 256x256 JPEGs: decode only, and refuse any other size.
-      image = tf.io.decode_jpeg(encoded, channels=3)
-      shape_ok = tf.reduce_all(tf.equal(tf.shape(image)[:2], [size, size]))
-      assertion = _assert(shape_ok, [
-          f"An image is not {size}x{size} in a dataset whose {dataset_info.FILENAME} says "
-          f"image_size={size}: shard", path, "image", name, "shape", tf.shape(image)])
-      with tf.control_dependencies([assertion]):
-        image = tf.ensure_shape(tf.identity(image), [size, size, 3])
-    else:
-      image = preprocessing.decode_to_stored(encoded)
-    label = raw_label - source.label_offset
-    label_ok = tf.logical_and(label >= 0, label < source.num_classes)
-    assertion = _assert(label_ok, [
-        f"Label out of range [0, {source.num_classes}) after subtracting label_offset="
-        f"{source.label_offset} (set label_offset/num_classes): shard", path, "image", name,
-        "stored label", raw_label])
+  def decode(encoded, label, where):
+    # The builder stored 256x256 JPEGs: decode only, and refuse any other size. The fewest
+    # ops per image: each costs executor time beside the decode (BUILD_NOTES).
+    image = tf.io.decode_jpeg(encoded, channels=3, dct_method=dct_method)
+    shape = tf.shape(image)
+    assertion = _assert(tf.reduce_all(tf.equal(shape, [size, size, 3])), [
+        f"An image is not {size}x{size} in a dataset whose {dataset_info.FILENAME} says "
+        f"image_size={size}: shard", where, "shape", shape])
     with tf.control_dependencies([assertion]):
-      label = tf.cast(label, tf.int32)
-    return image, label
+      return tf.ensure_shape(image, [size, size, 3]), label
+
+  return decode
+
+
+@_no_autograph
+def _decode_raw_batch(encoded, label):
+  """A batch of raw records -> uint8 [B, 256, 256, 3]: one op for the batch (the reader
+  checked every record's size, so they stack)."""
+  size = preprocessing.STORED_SIZE
+  return tf.reshape(tf.io.decode_raw(encoded, tf.uint8), [-1, size, size, 3]), label
+
+
+def _crop_decoder(seed: int, dct_method: str = ""):
+  """decode_crop=True: (index in the epoch, (encoded, label, where)) -> (uint8 [224, 224, 3],
+  label, int32 [2] offsets). Only the random 224x224 window is decoded; its offsets, uniform
+  in 0..32 per axis as augment's, are drawn from (seed, index), so a resumed epoch takes the
+  same windows."""
+  size, crop = preprocessing.STORED_SIZE, preprocessing.IMAGE_SIZE
+
+  @_no_autograph
+  def decode(index, record):
+    encoded, label, where = record
+    offsets = tf.random.stateless_uniform(
+        [2], tf.stack([tf.constant(seed, tf.int64), index]), 0, preprocessing.MAX_OFFSET + 1,
+        dtype=tf.int32, alg=preprocessing.RNG)
+    shape = tf.io.extract_jpeg_shape(encoded)
+    assertion = _assert(tf.reduce_all(tf.equal(shape, [size, size, 3])), [
+        f"An image is not {size}x{size} in a dataset whose {dataset_info.FILENAME} says "
+        f"image_size={size}: shard", where, "shape", shape])
+    # Two rows and columns more than the window on each side where the image has them:
+    # libjpeg's fancy (smooth) chroma upsampling replicates a cropped region's edge pixels
+    # instead of reading their neighbours, which changed up to 7 levels of the window's
+    # first and last columns (tested). So this is the window of the full decode, exactly.
+    start = tf.maximum(offsets - 2, 0)
+    extent = tf.minimum(offsets + crop + 2, size) - start
+    with tf.control_dependencies([assertion]):
+      image = tf.io.decode_and_crop_jpeg(encoded, tf.concat([start, extent], 0),
+                                         channels=3, dct_method=dct_method)
+    inner = offsets - start
+    image = image[inner[0]:inner[0] + crop, inner[1]:inner[1] + crop]
+    return tf.ensure_shape(image, [crop, crop, 3]), label, offsets
 
   return decode
 
@@ -434,6 +563,10 @@ def _decoder(source: _Source):
 # The pipeline.
 
 _CACHED = {}   # key -> decoded, cached dataset; kept so that epochs after the first reuse it.
+
+
+def _cores() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _seed(config, epoch, salt):
@@ -460,7 +593,11 @@ def synthetic_batch(batch_size: int, num_classes: int, seed=(0, 0)):
 def create_split(config: DataConfig, train: bool, batch_size: int, *,
                  input_context: Optional[tf.distribute.InputContext] = None, epoch: int = 0,
                  skip_batches: int = 0, split: Optional[str] = None) -> tf.data.Dataset:
-  """One epoch of (uint8 [B, 256, 256, 3] images, int32 [B] labels).
+  """One epoch of (uint8 [B, 256, 256, 3] images, int32 [B] labels). JPEG or raw shards give
+  the same batches (raw: the JPEG's pixels, stored decoded by the builder).
+
+  decode_crop=True (train only): (uint8 [B, 224, 224, 3] random windows, labels, int32 [B, 2]
+  their (y, x) offsets), for preprocessing.augment_crops.
 
   train=True: this input pipeline's shards (input_context: disjoint files per pipeline) in an
   order drawn from (seed, epoch), interleaved, shuffled with a buffer of shuffle_buffer seeded
@@ -502,7 +639,13 @@ def create_split(config: DataConfig, train: bool, batch_size: int, *,
   sizes = list(_shard_sizes(tuple(files)))
 
   deterministic = config.deterministic or not train
-  read_shard, decode = _reader(source), _decoder(source)
+  read_shard, decode = _reader(source), _decoder(source, config.dct_method)
+  raw = source.encoding == "raw"
+  crop = config.decode_crop and train
+  if crop and (raw or source.image_size != preprocessing.STORED_SIZE):
+    raise ValueError(f"DataConfig.decode_crop=True needs 256x256 JPEG shards; {config.data_dir}"
+                     f" holds {'raw pixels' if raw else 'original-size images'} (decode_crop "
+                     "only saves work in a JPEG decoder).")
   cached = config.cache
   if train and not cached:
     order = np.random.default_rng(_seed(config, epoch, 0)).permutation(len(files))
@@ -520,22 +663,38 @@ def create_split(config: DataConfig, train: bool, batch_size: int, *,
       ds = ds.shuffle(config.shuffle_buffer, seed=_seed(config, epoch, 1),
                       reshuffle_each_iteration=False)
     ds = ds.skip(skip_batches * batch_size)
+    ds = ds.batch(batch_size, drop_remainder=train)
   else:
     if train:
-      # The readers yield batches of READ_BATCH records: the interleave handles 1/32 of the
+      # The readers yield batches of READ_BATCH records: the interleave handles 1/64 of the
       # elements (its per-element cost was a third of the reading's).
-      ds = ds.interleave(read_shard, cycle_length=min(len(files), CYCLE_LENGTH), block_length=1,
-                         num_parallel_calls=config.num_parallel_calls,
-                         deterministic=deterministic).unbatch()
+      cycle = min(len(files), CYCLE_LENGTH)
+      readers = config.num_parallel_calls
+      if readers == tf.data.AUTOTUNE:
+        # One reader thread per core: AUTOTUNE ran up to `cycle` of them, whose hand-offs cost
+        # ~6% of the CPU and a third of the wall-clock rate on 2 cores (BUILD_NOTES).
+        readers = min(cycle, _cores())
+      ds = ds.interleave(read_shard, cycle_length=cycle, block_length=1,
+                         num_parallel_calls=readers, deterministic=deterministic).unbatch()
       ds = ds.shuffle(config.shuffle_buffer, seed=_seed(config, epoch, 1),
                       reshuffle_each_iteration=False)
     else:
       ds = ds.flat_map(read_shard).unbatch()
+    if crop:
+      ds = ds.enumerate()   # the position in the epoch seeds the crop: counted before the skip
     if skip_batches and not service:
       ds = ds.skip(skip_batches * batch_size)   # Before decoding: nothing skipped is decoded.
-    ds = ds.map(decode, num_parallel_calls=config.num_parallel_calls,
-                deterministic=deterministic)
-  ds = ds.batch(batch_size, drop_remainder=train)
+    if raw:
+      # No decoding: the batch of raw records becomes pixels with one op.
+      ds = ds.batch(batch_size, drop_remainder=train).map(
+          _decode_raw_batch, num_parallel_calls=config.num_parallel_calls,
+          deterministic=deterministic)
+    else:
+      if crop:
+        decode = _crop_decoder(_seed(config, epoch, 2), config.dct_method)
+      ds = ds.map(decode, num_parallel_calls=config.num_parallel_calls,
+                  deterministic=deterministic)
+      ds = ds.batch(batch_size, drop_remainder=train)
 
   options = tf.data.Options()
   options.deterministic = deterministic

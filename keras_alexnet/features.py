@@ -23,6 +23,12 @@ SYNSET = "image/class/synset"
 TEXT = "image/class/text"
 FILENAME = "image/filename"
 
+# image/format: what image/encoded holds. "RAW" (builder --encoding=raw): the 256x256x3 uint8
+# RGB pixels, row-major, 196,608 bytes; the other keys are the same. dataset_info.json says
+# which ("encoding": "jpeg" | "raw").
+FORMAT_JPEG = "JPEG"
+FORMAT_RAW = "RAW"
+
 
 @functools.cache
 def _feature_spec() -> dict:
@@ -61,8 +67,9 @@ def _int64(value):
 
 
 def make_example(encoded: bytes, *, label: int, synset: str, text: str, filename: str,
-                 height: int, width: int) -> bytes:
-  """One serialized tf.train.Example for an RGB JPEG.
+                 height: int, width: int, image_format: str = FORMAT_JPEG) -> bytes:
+  """One serialized tf.train.Example for an RGB JPEG (or, image_format=FORMAT_RAW, the raw
+  uint8 pixels height x width x 3).
 
   Serialized with deterministic=True: protobuf writes map fields (Features.feature is a
   map) in no fixed order otherwise, and the builder promises byte-identical shards.
@@ -70,7 +77,7 @@ def make_example(encoded: bytes, *, label: int, synset: str, text: str, filename
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   example = tf.train.Example(features=tf.train.Features(feature={
       ENCODED: _bytes(encoded),
-      FORMAT: _bytes("JPEG"),
+      FORMAT: _bytes(image_format),
       HEIGHT: _int64(height),
       WIDTH: _int64(width),
       CHANNELS: _int64(3),

@@ -222,11 +222,47 @@ def augment(images, stats: Statistics, config: AugmentConfig = AugmentConfig(),
   """
   images = tf.convert_to_tensor(images)
   _check_batch(images)
+  offsets, mirrored, alpha = _draws(tf.shape(images)[0], config, seed)
+  rows, cols = _crop_indices(offsets, mirrored)
+  crops = tf.cast(_gather_crops(images, rows, cols), tf.float32)
+  return _finish(crops, rows, cols, alpha, stats, config)
+
+
+def augment_offsets(batch_size, config: AugmentConfig = AugmentConfig(), seed=(0, 0)):
+  """The int32 [B, 2] (y, x) crop offsets `augment` draws for this seed."""
+  return _draws(batch_size, config, seed)[0]
+
+
+def augment_crops(crops, offsets, stats: Statistics, config: AugmentConfig = AugmentConfig(),
+                  seed=(0, 0)) -> tf.Tensor:
+  """`augment` for windows already cut on the CPU (dataset.DataConfig.decode_crop): uint8
+  [B, 224, 224, 3] crops taken at int32 [B, 2] (y, x) offsets of the 256x256 images. The
+  mirror, the PCA lighting and the mean (cropped at the same offsets) as `augment` with the
+  same seed: given the offsets augment would draw, the result is augment's, exactly.
+
+  Returns float32 [B, 224, 224, 3].
+  """
+  crops = tf.convert_to_tensor(crops)
+  shape = crops.shape
+  if crops.dtype != tf.uint8 or shape.rank != 4 or tuple(shape[1:]) != (IMAGE_SIZE,
+                                                                         IMAGE_SIZE, 3):
+    raise ValueError(f"crops must be a uint8 batch [B, {IMAGE_SIZE}, {IMAGE_SIZE}, 3] (the "
+                     f"decode_crop pipeline's output); received {crops.dtype.name} {shape}.")
+  offsets = tf.convert_to_tensor(offsets, tf.int32)
+  _, mirrored, alpha = _draws(tf.shape(crops)[0], config, seed)
+  rows, cols = _crop_indices(offsets, mirrored)
+  # The crop's own columns, reversed where mirrored: cols minus the crop's x offset.
+  local = cols - offsets[:, 1:2]
+  crops = tf.cast(tf.gather(crops, local, axis=2, batch_dims=1), tf.float32)
+  return _finish(crops, rows, cols, alpha, stats, config)
+
+
+def _draws(batch, config: AugmentConfig, seed):
+  """(offsets [B, 2], mirrored [B], alpha [B, 3] or None) from `seed`, per image."""
   seed = tf.convert_to_tensor(seed)
   if seed.dtype not in (tf.int32, tf.int64) or not seed.shape.is_compatible_with([2]):
     raise ValueError(f"seed must be an int32/int64 tensor of shape [2]; received {seed.dtype.name}"
                      f" {seed.shape}.")
-  batch = tf.shape(images)[0]
   crop_seed, mirror_seed, pca_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 3, alg=RNG))
 
@@ -240,15 +276,7 @@ def augment(images, stats: Statistics, config: AugmentConfig = AugmentConfig(),
                                            dtype=tf.int32, alg=RNG) == 1
   else:
     mirrored = tf.zeros([batch], tf.bool)
-
-  rows, cols = _crop_indices(offsets, mirrored)
-  crops = tf.cast(_gather_crops(images, rows, cols), tf.float32)
-  mean = _mean_image(stats, config.mean)
-  if mean.shape[0] == STORED_SIZE:
-    # The mean image cropped (and mirrored) exactly as each image was.
-    mean = tf.gather(tf.gather(mean, rows), cols, axis=2, batch_dims=1)
-  crops -= mean
-
+  alpha = None
   if config.pca_lighting:
     # N(0, 0.1) by the inverse CDF of uniform integers: XLA turns random bits into floats
     # and normals differently from TF's kernels, and eager and compiled steps must agree.
@@ -256,6 +284,18 @@ def augment(images, stats: Statistics, config: AugmentConfig = AugmentConfig(),
                                        dtype=tf.int32, alg=RNG)
     uniform = (tf.cast(bits, tf.float32) + 0.5) / _UNIFORM_STEPS
     alpha = PCA_STDDEV * tf.math.ndtri(uniform)
+  return offsets, mirrored, alpha
+
+
+def _finish(crops, rows, cols, alpha, stats, config):
+  """float32 crops minus the mean (the mean image at the crops' rows and columns), plus the
+  lighting shift."""
+  mean = _mean_image(stats, config.mean)
+  if mean.shape[0] == STORED_SIZE:
+    # The mean image cropped (and mirrored) exactly as each image was.
+    mean = tf.gather(tf.gather(mean, rows), cols, axis=2, batch_dims=1)
+  crops -= mean
+  if alpha is not None:
     crops += lighting(alpha, stats)[:, None, None, :]
   return crops
 

@@ -264,15 +264,46 @@ def make_eval_step(model, strategy, stats, mean, distributed):
   return eval_step
 
 
-def evaluate_split(eval_step, strategy, data: dataset_lib.DataConfig, batch_size: int,
-                   steps: int, distributed: bool) -> dict:
-  """Validation loss and top-1/top-5 error over the whole split (or `steps` batches)."""
-  ds = dataset_lib.create_split(data, train=False, batch_size=batch_size)
+def validation_batches(strategy, data: dataset_lib.DataConfig, batch_size: int, steps: int,
+                       num_examples: int, distributed: bool):
+  """A function that yields one validation pass (the whole split, or its first `steps`
+  batches) per call, every call the same batches, all from one iterator made at the first
+  call: deleting an iterator per epoch can stall on TF 2.21's lost autotuner wake-up, as
+  training's did (see _chain_epochs). The pass's length comes from num_examples and is
+  asserted, so a wrong count fails instead of shifting later passes."""
+  # Synthetic validation repeats whole batches only (dataset._synthetic_split).
+  count = num_examples // batch_size if data.synthetic else -(-num_examples // batch_size)
   if steps:
-    ds = ds.take(steps)
-  totals = np.zeros(4)
+    count = min(steps, count)
+  ds = dataset_lib.create_split(data, train=False, batch_size=batch_size).take(count)
+  ds = ds.apply(tf.data.experimental.assert_cardinality(count)).repeat()
   if distributed:
     ds = strategy.experimental_distribute_dataset(ds)
+  iterator = None
+
+  def one_pass():
+    nonlocal iterator
+    if iterator is None:
+      iterator = iter(ds)
+    for _ in range(count):
+      yield next(iterator)
+
+  return one_pass
+
+
+def evaluate_split(eval_step, strategy, data: dataset_lib.DataConfig, batch_size: int,
+                   steps: int, distributed: bool, batches=None) -> dict:
+  """Validation loss and top-1/top-5 error over the whole split (or `steps` batches).
+  batches: a `validation_batches` function to take the pass from, instead of a new dataset."""
+  if batches is not None:
+    ds = batches()
+  else:
+    ds = dataset_lib.create_split(data, train=False, batch_size=batch_size)
+    if steps:
+      ds = ds.take(steps)
+    if distributed:
+      ds = strategy.experimental_distribute_dataset(ds)
+  totals = np.zeros(4)
   for images, labels in ds:
     totals += np.array([float(x) for x in eval_step(images, labels)])
   loss, top1, top5, n = totals
@@ -622,6 +653,10 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
     return fn
 
   last_val = history[-1]["validation"] if history else {}
+  val_batches = validation_batches(
+      strategy, config.data, t.batch_size, t.eval_steps,
+      metadata["data"]["num_examples"].get("validation", 0),
+      distributed_eval) if has_validation else None
   if epoch < t.epochs:
     iterator = iter(strategy.distribute_datasets_from_function(
         dataset_fn(epoch, batch_in_epoch)))
@@ -675,7 +710,7 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
       val = {}
       if has_validation:
         val = evaluate_split(eval_step, strategy, config.data, t.batch_size, t.eval_steps,
-                             distributed_eval)
+                             distributed_eval, val_batches)
       improved = bool(val) and (best_error is None or val["top1_error"] < best_error)
       if improved:
         best_error = val["top1_error"]

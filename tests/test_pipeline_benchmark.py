@@ -30,8 +30,11 @@ def test_figures_are_measured(tmp_path):
 
 def test_rows_on_existing_shards(tmp_path):
   data_dir = pb.write_records(str(tmp_path), num_images=16, num_shards=2)
-  table = pb.rows(batch_size=4, data_dir=data_dir, augment_batch_size=2)
+  table = pb.rows(batch_size=4, data_dir=data_dir, augment_batch_size=2, repeats=1)
   assert [row.name for row in table][:2] == ["decode_jpeg alone (bound)",
                                              "cpu pipeline -> uint8 batches"]
-  assert len(table) == 6 and all(row.images_per_second > 0 for row in table)
+  rates = [row for row in table if not row.name.startswith("target")]
+  assert len(rates) == 12 and all(row.images_per_second > 0 for row in rates)
   assert all(row.ratio > 0 for row in table if row.bound_name)
+  targets = [row.detail for row in table if row.name.startswith("target")]
+  assert len(targets) == 3 and all(t.endswith((": met", ": NOT met")) for t in targets)

@@ -109,6 +109,12 @@ class BuildConfig:
   test_labels_file: Optional[str] = None
   meta_file: Optional[str] = None
   devkit_dir: Optional[str] = None       # ILSVRC-2010's devkit, if not under --input
+  encoding: str = "jpeg"                 # "jpeg" | "raw": what image/encoded holds (ENCODINGS)
+
+
+# --encoding: "jpeg" stores each image as a JPEG; "raw" its uint8 pixels, size x size x 3
+# row-major RGB (196,608 bytes at 256: decode-free reading, ~8x the bytes of q95 JPEGs).
+ENCODINGS = ("jpeg", "raw")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +127,7 @@ class _ShardTask:
   image_size: Optional[int]
   jpeg_quality: int
   classes: tuple
+  encoding: str = "jpeg"
 
 
 def _check_config(config: BuildConfig) -> None:
@@ -129,6 +136,12 @@ def _check_config(config: BuildConfig) -> None:
     problems.append(f"--jpeg_quality={config.jpeg_quality} must be in 1..100")
   if config.image_size is not None and config.image_size < 1:
     problems.append(f"--resize={config.image_size} must be a positive size or 'none'")
+  if config.encoding not in ENCODINGS:
+    problems.append(f"--encoding={config.encoding} must be one of {', '.join(ENCODINGS)}")
+  elif config.encoding == "raw" and config.image_size is None:
+    problems.append("--encoding=raw needs --resize=N (e.g. 256): raw pixels are stored "
+                    "without a shape, so every image must have the same size; --resize=none "
+                    "keeps original sizes, which only --encoding=jpeg can store")
   for name in ("train_shards", "validation_shards", "test_shards"):
     value = getattr(config, name)
     if name == "test_shards" and value is None:
@@ -233,8 +246,12 @@ def _shard_counts(source: sources.Source, config: BuildConfig, writers: int) -> 
           f"(allowed: {', '.join(sources.IMAGE_EXTENSIONS)} files in class folders). Add "
           f"images, or remove the empty {split} folder to build without that split.")
     # No stat of 1.3 M files when the count does not depend on their bytes.
-    num_bytes = (None if _imagenet_sized(split, len(items))
-                 else _estimated_bytes(items, config.image_size))
+    if _imagenet_sized(split, len(items)):
+      num_bytes = None
+    elif config.encoding == "raw":   # exactly size x size x 3 bytes a record
+      num_bytes = len(items) * 3 * config.image_size * config.image_size
+    else:
+      num_bytes = _estimated_bytes(items, config.image_size)
     num_shards, why = auto_num_shards(split, len(items), num_bytes, writers)
     chosen[split] = {"flag": AUTO, "num_shards": num_shards, "why": "auto: " + why}
   return chosen
@@ -258,7 +275,8 @@ def _shards(source: sources.Source, config: BuildConfig, counts: dict) -> list[_
     for index in range(num_shards):
       chunk = order[index * len(order) // num_shards:(index + 1) * len(order) // num_shards]
       tasks.append(_ShardTask(split, index, num_shards, tuple(chunk), config.output_dir,
-                              config.image_size, config.jpeg_quality, source.classes))
+                              config.image_size, config.jpeg_quality, source.classes,
+                              config.encoding))
   return tasks
 
 
@@ -300,6 +318,7 @@ def _build_record(source: sources.Source, config: BuildConfig, counts: dict) -> 
       "jpeg_quality": config.jpeg_quality,
       "seed": config.seed,
       "num_shards": {s: meta["num_shards"] for s, meta in counts.items()},
+      **({"encoding": config.encoding} if config.encoding != "jpeg" else {}),
       "classes_file": config.classes_file and os.path.abspath(config.classes_file),
       "validation_labels_file": (config.validation_labels_file
                                  and os.path.abspath(config.validation_labels_file)),
@@ -437,9 +456,14 @@ def _write_shard(task: _ShardTask) -> tuple[str, int]:
           if stats is not None:
             stats.add(converted.pixels)
           class_id, text = task.classes[item.label]
+          encoded, image_format = converted.encoded, features.FORMAT_JPEG
+          if task.encoding == "raw":
+            encoded = np.ascontiguousarray(converted.pixels, np.uint8).tobytes()
+            image_format = features.FORMAT_RAW
           writer.write(features.make_example(
-              converted.encoded, label=item.label, synset=class_id, text=text,
-              filename=item.filename, height=converted.height, width=converted.width))
+              encoded, label=item.label, synset=class_id, text=text,
+              filename=item.filename, height=converted.height, width=converted.width,
+              image_format=image_format))
           written += 1
         pending += 1
         if pending == _PROGRESS_EVERY:
@@ -541,6 +565,7 @@ def _finalize(tasks: list[_ShardTask], source: sources.Source, config: BuildConf
       "format": "keras_alexnet",
       "label_offset": 0,
       "image_size": config.image_size,
+      "encoding": config.encoding,
       "num_classes": len(source.classes),
       "classes": [list(c) for c in source.classes],
       "splits": splits,
@@ -695,7 +720,7 @@ def _first(feature_map, key: str, kind: str):
 
 def _verify_shard(args) -> tuple[str, int, list[str]]:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  path, expected, classes, image_size = args
+  path, expected, classes, image_size, encoding = args
   name = os.path.basename(path)
   problems, count = [], 0
   if not os.path.exists(path):
@@ -721,6 +746,12 @@ def _verify_shard(args) -> tuple[str, int, list[str]]:
       elif [synset, text] != list(classes[label]):
         problems.append(f"{where} ({filename}): label {label} is {classes[label]}, but the "
                         f"record names {synset!r} / {text!r}")
+      if encoding == "raw":
+        if len(encoded) != height * width * 3 or (image_size and (height, width) != (
+            image_size, image_size)):
+          problems.append(f"{where} ({filename}): {len(encoded)} raw bytes for "
+                          f"{width}x{height}x3, dataset_info says {image_size}x{image_size}")
+        continue
       try:
         decoded = Image.open(io.BytesIO(encoded))
         decoded.load()
@@ -763,7 +794,7 @@ def verify(output_dir: str, workers: int = 0, progress: bool = True) -> list[str
     for index, expected in enumerate(lengths):
       jobs.append((os.path.join(output_dir, features.shard_name(split, index,
                                                                 meta["num_shards"])),
-                   expected, classes, info.get("image_size")))
+                   expected, classes, info.get("image_size"), info.get("encoding", "jpeg")))
   bar = _Progress(len(jobs), progress, unit="shards")
   workers = num_workers(workers)
   pool = _pool(workers, None) if workers > 1 else None
@@ -813,7 +844,7 @@ def main(argv) -> None:
       host_index=FLAGS.host_index, num_hosts=FLAGS.num_hosts, overwrite=FLAGS.overwrite,
       progress=FLAGS.progress, test_shards=FLAGS.test_shards,
       validation_fraction=FLAGS.validation_fraction, test_labels_file=FLAGS.test_labels_file,
-      meta_file=FLAGS.meta_file, devkit_dir=FLAGS.devkit_dir)
+      meta_file=FLAGS.meta_file, devkit_dir=FLAGS.devkit_dir, encoding=FLAGS.encoding)
   try:
     if config.input is not None or not FLAGS.verify:
       info = build(config)
@@ -842,6 +873,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("resize", str(DEFAULT_IMAGE_SIZE), "Shorter side resized to N, then the "
                       "central NxN crop (the paper: 256); 'none' keeps the original pixels.")
   flags.DEFINE_integer("jpeg_quality", DEFAULT_JPEG_QUALITY, "JPEG quality of re-encoded images.")
+  flags.DEFINE_string("encoding", "jpeg", "What each record stores: 'jpeg', or 'raw' (the "
+                      "uint8 pixels; needs --resize=N; decode-free reading, ~8x the bytes).")
   flags.DEFINE_string("train_shards", DEFAULT_TRAIN_SHARDS, "Training shards: a number, or "
                       "auto: 1024 for ImageNet-sized, else ~128 MiB each, at least one per "
                       "worker x host, at most one per image.")
