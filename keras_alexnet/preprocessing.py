@@ -27,6 +27,10 @@ IMAGE_SIZE = 224   # Section 4.1: "random 224x224 patches".
 STORED_SIZE = 256  # Section 2: shorter side rescaled to 256, central 256x256 patch.
 MAX_OFFSET = STORED_SIZE - IMAGE_SIZE    # 32: crops start at 0..32, 33 positions per axis.
 CENTER_OFFSET = MAX_OFFSET // 2          # 16.
+# The most pixels (width x height, from the header) an image to decode may have: Pillow's
+# decompression-bomb threshold, as the builder's (tfrecords/image.py says why). Bounds the
+# memory a request takes: at most 3 bytes a pixel for the decoded image (~268 MB).
+MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 
 # The published ImageNet statistics, used when a dataset carries none. Source:
 # facebookarchive/fb.resnet.torch, datasets/imagenet.lua ("meanstd" and "pca"), on the 0..1
@@ -314,12 +318,60 @@ def ten_views(images, stats: Statistics, mean: str = "per_pixel") -> tf.Tensor:
   return tf.stack(views, axis=1)
 
 
-def decode_to_stored(image_bytes) -> tf.Tensor:
+def header_pixels(image_bytes) -> tf.Tensor:
+  """Width x height (int64) read from the header of PNG, GIF, BMP and WebP bytes, without
+  decoding; -1 for other bytes (the decoder then refuses them, or they are JPEG, whose shape
+  tf.io.extract_jpeg_shape reads). Layouts: PNG's IHDR (big-endian width, height at bytes
+  16, 20), GIF's logical screen (little-endian 16-bit at 6, 8), BMP's info header (32-bit at
+  18, 22; 16-bit for the 12-byte OS/2 header), WebP's VP8/VP8L/VP8X chunk."""
+  padded = tf.strings.join([tf.convert_to_tensor(image_bytes, tf.string), "\0" * 32])
+
+  def starts(offset, magic):
+    return tf.equal(tf.strings.substr(padded, offset, len(magic)), magic)
+
+  def number(offset, size, big_endian=False):
+    digits = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, offset, size), tf.uint8),
+                     tf.int64)
+    powers = tf.constant([256 ** i for i in range(size)], tf.int64)
+    return tf.reduce_sum(digits * (powers[::-1] if big_endian else powers))
+
+  def signed32(value):
+    return tf.abs(tf.where(value >= 2 ** 31, value - 2 ** 32, value))
+
+  png = number(16, 4, True) * number(20, 4, True)
+  gif = number(6, 2) * number(8, 2)
+  bmp = tf.where(tf.equal(number(14, 4), 12), number(18, 2) * number(20, 2),
+                 signed32(number(18, 4)) * signed32(number(22, 4)))
+  lossless = number(21, 4)
+  webp = tf.where(starts(12, b"VP8X"), (number(24, 3) + 1) * (number(27, 3) + 1),
+                  tf.where(starts(12, b"VP8L"),
+                           (lossless % 2 ** 14 + 1) * (lossless // 2 ** 14 % 2 ** 14 + 1),
+                           (number(26, 2) % 2 ** 14) * (number(28, 2) % 2 ** 14)))
+  is_webp = tf.logical_and(starts(0, b"RIFF"), starts(8, b"WEBP"))
+  return tf.where(starts(0, b"\x89PNG\r\n\x1a\n"), png,
+                  tf.where(starts(0, b"GIF"), gif,
+                           tf.where(starts(0, b"BM"), bmp,
+                                    tf.where(is_webp, webp, tf.constant(-1, tf.int64)))))
+
+
+def _check_pixels(pixels, max_pixels: int, what: str):
+  """An Assert that fails with InvalidArgument when `pixels` exceeds the limit."""
+  return tf.raw_ops.Assert(
+      condition=tf.less_equal(pixels, max_pixels),
+      data=[tf.constant(f"The {what} header declares"), pixels, tf.constant(
+          f"pixels (width x height), more than the limit of {max_pixels} "
+          "(max_image_pixels); the image is refused before decoding.")], summarize=4)
+
+
+def decode_to_stored(image_bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
   """Encoded JPEG/PNG/GIF/BMP (RGB, grayscale or CMYK) -> uint8 [256, 256, 3] RGB: the shorter
   side resized to 256 and the central 256x256 patch (section 2), what the builder stores.
 
   Resize-then-crop equals crop-the-central-square-then-resize, so a JPEG decodes only its
   central square (tf.io.decode_and_crop_jpeg skips the rest).
+
+  An image whose header declares more than `max_pixels` pixels fails with InvalidArgument
+  before any pixel is decoded: a few hundred kB of PNG can declare 20000x20000 (1.2 GB).
   """
   image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
 
@@ -329,10 +381,15 @@ def decode_to_stored(image_bytes) -> tf.Tensor:
 
   def jpeg():
     shape = tf.io.extract_jpeg_shape(image_bytes)
-    return tf.io.decode_and_crop_jpeg(image_bytes, square_window(shape[0], shape[1]), channels=3)
+    pixels = tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64)
+    with tf.control_dependencies([_check_pixels(pixels, max_pixels, "JPEG")]):
+      return tf.io.decode_and_crop_jpeg(image_bytes, square_window(shape[0], shape[1]),
+                                        channels=3)
 
   def other():
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    with tf.control_dependencies([_check_pixels(header_pixels(image_bytes), max_pixels,
+                                                "image")]):
+      image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     window = square_window(tf.shape(image)[0], tf.shape(image)[1])
     return tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
 
@@ -348,9 +405,10 @@ def decode_to_stored(image_bytes) -> tf.Tensor:
   return tf.ensure_shape(stored, [STORED_SIZE, STORED_SIZE, 3])
 
 
-def serving_preprocess(image_bytes, stats: Statistics, mean: str = "per_pixel") -> tf.Tensor:
+def serving_preprocess(image_bytes, stats: Statistics, mean: str = "per_pixel",
+                       max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
   """Encoded image bytes (scalar string) -> the evaluation input, float32 [224, 224, 3]."""
-  return center_crop(decode_to_stored(image_bytes)[None], stats, mean)[0]
+  return center_crop(decode_to_stored(image_bytes, max_pixels)[None], stats, mean)[0]
 
 
 def lighting_stddev(stats: Statistics) -> np.ndarray:
