@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import random
 import re
-import shutil
+import signal
 import socket
 import sys
 import time
@@ -689,9 +689,21 @@ def verify(output_dir: str, workers: int = 0, progress: bool = True) -> list[str
 # Command line.
 
 
+def _exit_on_signal(signum, frame) -> None:
+  """SIGTERM (and SIGINT) end the build at once: the finally blocks stop the workers and
+  remove the shard being written; completed shards are kept for the next run to resume."""
+  del frame
+  signal.signal(signum, signal.SIG_DFL)   # a second signal kills outright
+  print(f"{signal.Signals(signum).name} received: stopping; rerun the same command to resume.",
+        file=sys.stderr, flush=True)
+  raise SystemExit(128 + signum)
+
+
 def main(argv) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, _exit_on_signal)
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {argv[1:]}")
   resize = FLAGS.resize.strip().lower()
