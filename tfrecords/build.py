@@ -235,10 +235,16 @@ def _prepare_output(config: BuildConfig, record: dict,
                        f"{len(missing)} shards are missing (e.g. {missing[0]}); rebuild with "
                        "--overwrite")
     return info
+  if existing and previous is None:
+    safety.check_free_names(out, planned, set())
+    raise InputError(
+        f"--output_dir={out} holds {len(existing)} file(s) named like dataset files (e.g. "
+        f"{existing[0]}) that no build recorded writing (there is no {dataset_info.FILENAME} "
+        f"or {STATE_DIR}/ state). Nothing was changed, and --overwrite does not delete them (it "
+        "removes only the files a build listed). Move them away or choose another "
+        "--output_dir.")
   if existing and not config.overwrite:
-    if previous is None:
-      why = f"it holds {len(existing)} dataset files (e.g. {existing[0]}) of an unknown build"
-    elif not isinstance(previous, dict):
+    if not isinstance(previous, dict):
       why = f"its {dataset_info.FILENAME} is {previous}"
     else:
       why = "they were built from a different input or flags: " + _differences(previous, record)
@@ -248,6 +254,11 @@ def _prepare_output(config: BuildConfig, record: dict,
   if config.overwrite:
     _remove_previous(out, info)
   safety.check_free_names(out, planned, set())
+  left = [n for n in _our_files(out) if SHARD_PATTERN.fullmatch(n)]
+  if left:
+    logging.warning("%s keeps %d file(s) named like shards that no build recorded (e.g. %s); "
+                    "they were not deleted, but the input pipeline will refuse the folder as "
+                    "mixed until they are moved away.", out, len(left), left[0])
   return None
 
 

@@ -166,7 +166,8 @@ def _walk_class_folder(top: str, folder: str, root: str, follow_outside: bool, s
     current = stack.pop()
     relative_dir = os.path.relpath(current, folder).replace(os.sep, "/")
     try:
-      entries = sorted(os.scandir(current), key=lambda e: e.name)
+      # Real entries before links, so a file and a link to it list the file by its own name.
+      entries = sorted(os.scandir(current), key=lambda e: (e.is_symlink(), e.name))
     except OSError as e:
       rejected.append((relative_dir, f"cannot list the folder: {e.strerror}"))
       continue
