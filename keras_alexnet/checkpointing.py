@@ -107,7 +107,8 @@ def checkpointed_variables(model: keras.Model) -> dict:
 def nonfinite_variables(model: keras.Model) -> list:
   """Paths of the model's float variables holding a NaN or an Inf (none: an empty list)."""
   return [v.path for v in model.variables
-          if v.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(v.value)))]
+          if tf.as_dtype(v.dtype).is_floating
+          and not bool(tf.reduce_all(tf.math.is_finite(v.value)))]
 
 
 def read_json(path: str, what: str):

@@ -7,6 +7,7 @@ checkpoint. Exit status: 0 done; 1 an error (a NaN/Inf loss, bad flags or data, 
 worker); 128 + N when signal N (SIGTERM, SIGINT) stopped the run after saving a checkpoint.
 """
 
+import os
 import sys
 
 from absl import app
@@ -27,6 +28,7 @@ def main(argv):
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0],
         [tf.config.LogicalDeviceConfiguration()] * FLAGS.num_cpu_devices)
+  from keras_alexnet import bounded_input   # pylint: disable=g-import-not-at-top
   from keras_alexnet import training   # pylint: disable=g-import-not-at-top
   import tensorflow as tf   # pylint: disable=g-import-not-at-top
   try:
@@ -34,7 +36,10 @@ def main(argv):
     training.train_and_evaluate(config, FLAGS.workdir, config_lib.flags_text(FLAGS, sys.argv))
   except training.Stopped as e:
     logging.warning("%s", e)
-    sys.exit(128 + e.signum)
+    _exit_now(128 + e.signum)
+  except bounded_input.InputTimeout as e:
+    print(f"error: {e}", file=sys.stderr)
+    _exit_now(1)
   except (ValueError, FileNotFoundError, RuntimeError) as e:
     # RuntimeError covers NonFiniteLossError and unloadable checkpoints.
     sys.exit(f"error: {e}")
@@ -42,6 +47,16 @@ def main(argv):
     sys.exit(f"error: {type(e).__name__}: {e.message.strip()[:2000]}\nIf this is a multi-worker "
              "run, a peer worker has probably failed; restart all workers to resume from the "
              "last checkpoint.")
+
+
+def _exit_now(code):
+  """Exits without the interpreter's teardown: a batch request that never returns (its
+  tf.data service workers are gone) would block TF's iterator clean-up, and with it the exit.
+  The checkpoint is saved and the logs are flushed first."""
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)   # pylint: disable=protected-access
 
 
 if __name__ == "__main__":
