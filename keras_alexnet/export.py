@@ -398,6 +398,11 @@ def _check_version_free(export_base: str, version: Optional[int], overwrite: boo
   if version is not None and not overwrite and os.path.exists(path):
     raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to "
                           "replace it, or leave the version out to take the next free one.")
+  if version is not None and overwrite and os.path.exists(path) and _listed_files(path) is None:
+    raise FileExistsError(
+        f"{path} has no {ASSETS_EXTRA}/{FILES_FILENAME}, so it is not a version this project "
+        "exported (or one from before exports listed their files): --overwrite replaces only "
+        "those, and nothing was changed. Move it away yourself, or export another version.")
 
 
 def versions(export_base: str) -> List[int]:
