@@ -43,8 +43,8 @@ STATE_FILE = "state.json"
 PREFIX = "ckpt"
 _STEP_RE = re.compile(r"^step-(\d{8,})$")
 _TMP = ".tmp-"
-# What save() names its temporary folders (tempfile.mkdtemp adds 8 characters of [a-z0-9_]).
-_TMP_RE = re.compile(r"^\.tmp-(?:step-\d{8,}|worker\d+)-[a-z0-9_]{8}$")
+# What save() names its temporary folders (tempfile.mkdtemp adds a random [a-z0-9_] suffix).
+_TMP_RE = re.compile(r"^\.tmp-(?:step-\d{8,}|worker\d+)-[A-Za-z0-9_]+$")
 
 
 # ---------------------------------------------------------------------------------------------
