@@ -161,9 +161,9 @@ def _walk_class_folder(top: str, folder: str, root: str, follow_outside: bool, s
   again, and a link whose target is outside `root` (the input folder) is not followed unless
   follow_outside; each refused link goes to `rejected` as (relative path, reason)."""
   files = []
-  stack = [top]
+  stack = [(top, os.stat(top).st_dev)]
   while stack:
-    current = stack.pop()
+    current, device = stack.pop()
     relative_dir = os.path.relpath(current, folder).replace(os.sep, "/")
     try:
       # Real entries before links, so a file and a link to it list the file by its own name.
@@ -177,24 +177,29 @@ def _walk_class_folder(top: str, folder: str, root: str, follow_outside: bool, s
         continue
       relative = f"{relative_dir}/{entry.name}"
       try:
-        if entry.is_symlink():
-          target = os.path.realpath(entry.path)
-          if not follow_outside and not _inside(target, root):
-            rejected.append((relative, f"symbolic link to {target}, outside the input folder "
-                                       f"{root} (pass --follow_outside_links to follow it)"))
-            continue
-        info = os.stat(entry.path)   # follows links
+        if entry.is_symlink() or entry.is_dir(follow_symlinks=False):
+          if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            if not follow_outside and not _inside(target, root):
+              rejected.append((relative, f"symbolic link to {target}, outside the input "
+                                         f"folder {root} (pass --follow_outside_links to "
+                                         "follow it)"))
+              continue
+          info = os.stat(entry.path)   # follows links
+          key = (info.st_dev, info.st_ino)
+        else:
+          # A plain file: its inode from the directory entry, no stat (ImageNet has 1.3 M).
+          key = (device, entry.inode())
       except OSError as e:
         rejected.append((relative, f"cannot read: {e.strerror or e} (a broken link?)"))
         continue
-      key = (info.st_dev, info.st_ino)
       if key in seen:
         rejected.append((relative, "the same file or folder as one listed before (a link or "
                                    "hard link to it, or a link cycle): listed once"))
         continue
       seen.add(key)
       if entry.is_dir():
-        subdirs.append(entry.path)
+        subdirs.append((entry.path, key[0]))
       else:
         files.append(relative)
     stack.extend(reversed(subdirs))   # depth first, in name order
