@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from typing import Optional
 
 from absl import logging
@@ -157,11 +158,15 @@ def load_statistics(workdir: str) -> preprocessing.Statistics:
   path = os.path.join(workdir, STATISTICS_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{workdir} has no {STATISTICS_FILE}: not a training workdir.")
-  with np.load(path) as z:
-    return preprocessing.Statistics(
-        mean_image=z["mean_image"] if "mean_image" in z else None, mean_rgb=z["mean_rgb"],
-        eigenvalues=z["eigenvalues"], eigenvectors=z["eigenvectors"],
-        source=f"{path} (from {z['source']})")
+  try:
+    with np.load(path) as z:
+      return preprocessing.Statistics(
+          mean_image=z["mean_image"] if "mean_image" in z else None, mean_rgb=z["mean_rgb"],
+          eigenvalues=z["eigenvalues"], eigenvectors=z["eigenvectors"],
+          source=f"{path} (from {z['source']})")
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f"{path} is not a readable statistics file ({type(e).__name__}: {e}); "
+                     "it is damaged or cut short.") from None
 
 
 # ---------------------------------------------------------------------------------------------

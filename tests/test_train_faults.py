@@ -201,3 +201,33 @@ def test_a_dead_service_worker_then_sigterm_and_then_the_timeout(data_dir, tmp_p
       if process.poll() is None:
         process.kill()
       process.wait(30)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged files: every error names the file.
+
+
+def test_errors_from_damaged_workdir_and_data_files_name_the_file(tmp_path):
+  data = tiny_data.write_dataset(str(tmp_path / "data"), train=8, validation=4)
+  workdir = tiny_data.make_workdir(str(tmp_path / "run"), data)
+  config = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  with open(config, "w") as f:
+    f.write('{"model_config": {')                 # cut short
+  with pytest.raises(ValueError, match=f"{config} is not readable run metadata"):
+    checkpointing.read_metadata(workdir)
+  store = checkpointing.CheckpointStore(workdir)
+  best = os.path.join(store.directory, checkpointing.BEST_FILE)
+  with open(best, "w") as f:
+    f.write("[1, 2")
+  with pytest.raises(ValueError, match=f"{best} is not readable"):
+    store.best()
+  statistics = os.path.join(workdir, checkpointing.STATISTICS_FILE)
+  with open(statistics, "r+b") as f:
+    f.truncate(100)
+  with pytest.raises(ValueError, match=f"{statistics} is not a readable statistics file"):
+    checkpointing.load_statistics(workdir)
+  mean = os.path.join(data, dataset_info.MEAN_IMAGE_FILENAME)
+  with open(mean, "wb") as f:
+    f.write(b"\x93NUMPY garbage")
+  with pytest.raises(ValueError, match=f"{mean} is not a readable .npy"):
+    dataset_info.read_mean_image(data, {"mean_image": dataset_info.MEAN_IMAGE_FILENAME})
