@@ -605,6 +605,9 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
               f"The loss is {loss} at step {step + 1} (epoch {epoch + 1}, batch "
               f"{batch_in_epoch + 1}); stopping without saving. The last good checkpoint is "
               + (f"{store.path(steps[-1])}." if steps else "none (none was saved yet).")
+              + (f" Its weights are finite but are the ones that gave this loss; the one "
+                 f"before it is {store.path(steps[-2]) if len(steps) > 1 else 'none'}."
+                 if steps and steps[-1] == step else "")
               + " Lower --learning_rate or check the data.")
         step += 1
         batch_in_epoch += 1
