@@ -47,8 +47,13 @@ class BoundedNext:
         # StopIteration included: the caller re-raises whatever the iterator raised.
         self._results.put((False, e))
 
-  def __call__(self, signals=None):
-    """The next element; raises what next() raises, Interrupted, or InputTimeout."""
+  def __call__(self, signals=None, stop_at_once=False):
+    """The next element; raises what next() raises, Interrupted, or InputTimeout.
+
+    stop_at_once: a signal already received stops before fetching (not only while waiting).
+    The training loop leaves it False: there, a signal stops all workers at the same step."""
+    if stop_at_once and signals is not None and signals.signum:
+      self._stop(Interrupted())
     self._requests.put(True)
     start = time.monotonic()
     while True:
@@ -85,7 +90,7 @@ def iterate(dataset, timeout: float, source: str, signals=None, on_stop=None):
   try:
     while True:
       try:
-        element = fetch(signals)
+        element = fetch(signals, stop_at_once=True)
       except StopIteration:
         return
       yield element

@@ -7,7 +7,9 @@ checkpoint. Exit status: 0 done; 1 an error (a NaN/Inf loss, bad flags or data, 
 worker); 128 + N when signal N (SIGTERM, SIGINT) stopped the run after saving a checkpoint.
 """
 
+import errno
 import os
+import shutil
 import sys
 
 from absl import app
@@ -43,7 +45,16 @@ def main(argv):
   except (ValueError, FileNotFoundError, RuntimeError) as e:
     # RuntimeError covers NonFiniteLossError and unloadable checkpoints.
     sys.exit(f"error: {e}")
+  except OSError as e:   # e.g. a full disk while writing the workdir: the message names the file
+    sys.exit(f"error: {e}" + (f"; free space under {FLAGS.workdir}: "
+                              f"{shutil.disk_usage(FLAGS.workdir).free:,} bytes"
+                              if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""))
   except tf.errors.OpError as e:
+    if "No space left on device" in e.message:
+      sys.exit(f"error: {type(e).__name__}: {e.message.strip()[:2000]}\nThe disk holding "
+               f"{FLAGS.workdir} is full ({shutil.disk_usage(FLAGS.workdir).free:,} bytes "
+               "free); the checkpoints saved before are complete: free space and run the same "
+               "command again to resume.")
     sys.exit(f"error: {type(e).__name__}: {e.message.strip()[:2000]}\nIf this is a multi-worker "
              "run, a peer worker has probably failed; restart all workers to resume from the "
              "last checkpoint.")
