@@ -231,3 +231,25 @@ def test_errors_from_damaged_workdir_and_data_files_name_the_file(tmp_path):
     f.write(b"\x93NUMPY garbage")
   with pytest.raises(ValueError, match=f"{mean} is not a readable .npy"):
     dataset_info.read_mean_image(data, {"mean_image": dataset_info.MEAN_IMAGE_FILENAME})
+
+
+def test_a_full_disk_under_the_workdir_names_it_and_the_run_goes_on_after(data_dir, tmp_path):
+  disk = tmp_path / "disk"
+  os.makedirs(disk)
+  mounted = os.geteuid() == 0 and subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(disk)], capture_output=True,
+      check=False).returncode == 0
+  if not mounted:
+    pytest.skip("needs root and mount to make a small tmpfs (a real full disk)")
+  try:
+    workdir = str(disk / "run")
+    code, out = _run(_args(data_dir, workdir, "--checkpoint_every_steps=2"), str(tmp_path / "1.log"))
+    assert code == 1, out
+    assert "No space left on device" in out and f"The disk holding {workdir} is full" in out, out
+    assert not [n for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.startswith(".tmp")]
+    subprocess.run(["mount", "-o", "remount,size=5m", str(disk)], check=True)
+    code, out = _run(_args(data_dir, workdir, "--checkpoint_every_steps=2"), str(tmp_path / "2.log"))
+    assert code == 0, out
+    assert checkpointing.CheckpointStore(workdir).steps()
+  finally:
+    subprocess.run(["umount", "-l", str(disk)], check=False)
