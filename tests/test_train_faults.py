@@ -243,13 +243,38 @@ def test_a_full_disk_under_the_workdir_names_it_and_the_run_goes_on_after(data_d
     pytest.skip("needs root and mount to make a small tmpfs (a real full disk)")
   try:
     workdir = str(disk / "run")
-    code, out = _run(_args(data_dir, workdir, "--checkpoint_every_steps=2"), str(tmp_path / "1.log"))
+    code, out = _run(_args(data_dir, workdir, "--checkpoint_every_steps=2"),
+                     str(tmp_path / "1.log"))
     assert code == 1, out
     assert "No space left on device" in out and f"The disk holding {workdir} is full" in out, out
-    assert not [n for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.startswith(".tmp")]
+    checkpoints = os.path.join(workdir, "checkpoints")
+    assert not [n for n in os.listdir(checkpoints) if n.startswith(".tmp")]
     subprocess.run(["mount", "-o", "remount,size=5m", str(disk)], check=True)
-    code, out = _run(_args(data_dir, workdir, "--checkpoint_every_steps=2"), str(tmp_path / "2.log"))
+    code, out = _run(_args(data_dir, workdir, "--checkpoint_every_steps=2"),
+                     str(tmp_path / "2.log"))
     assert code == 0, out
     assert checkpointing.CheckpointStore(workdir).steps()
   finally:
     subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_the_service_launcher_warns_that_it_listens_everywhere_without_auth():
+  import selectors  # pylint: disable=g-import-not-at-top
+  process = launch("--role=dispatcher", f"--port={_free_port()}")
+  try:
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    seen, deadline = [], time.monotonic() + 120
+    while time.monotonic() < deadline and not any("serving at" in s for s in seen):
+      if selector.select(timeout=1):
+        line = process.stdout.readline()
+        if not line:
+          break
+        seen.append(line)
+    text = "".join(seen)
+    assert "serving at" in text, text
+    assert "EVERY network interface" in text and "no authentication" in text, text
+    assert "runs any dataset graph a client sends" in text
+  finally:
+    process.kill()
+    process.wait(30)
