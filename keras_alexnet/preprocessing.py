@@ -318,11 +318,12 @@ def ten_views(images, stats: Statistics, mean: str = "per_pixel") -> tf.Tensor:
   return tf.stack(views, axis=1)
 
 
+@tf.autograph.experimental.do_not_convert
 def header_pixels(image_bytes) -> tf.Tensor:
   """Width x height (int64) read from the header of PNG, GIF, BMP and WebP bytes, without
   decoding; -1 for other bytes (the decoder then refuses them, or they are JPEG, whose shape
   tf.io.extract_jpeg_shape reads). Layouts: PNG's IHDR (big-endian width, height at bytes
-  16, 20), GIF's logical screen (little-endian 16-bit at 6, 8), BMP's info header (32-bit at
+  16, 20), GIF's frames (_gif_pixels), BMP's info header (32-bit at
   18, 22; 16-bit for the 12-byte OS/2 header), WebP's VP8/VP8L/VP8X chunk."""
   padded = tf.strings.join([tf.convert_to_tensor(image_bytes, tf.string), "\0" * 32])
 
@@ -339,7 +340,8 @@ def header_pixels(image_bytes) -> tf.Tensor:
     return tf.abs(tf.where(value >= 2 ** 31, value - 2 ** 32, value))
 
   png = number(16, 4, True) * number(20, 4, True)
-  gif = number(6, 2) * number(8, 2)
+  gif = tf.cond(starts(0, b"GIF"), lambda: _gif_pixels(padded),
+                lambda: tf.constant(0, tf.int64))
   bmp = tf.where(tf.equal(number(14, 4), 12), number(18, 2) * number(20, 2),
                  signed32(number(18, 4)) * signed32(number(22, 4)))
   lossless = number(21, 4)
@@ -352,6 +354,48 @@ def header_pixels(image_bytes) -> tf.Tensor:
                   tf.where(starts(0, b"GIF"), gif,
                            tf.where(starts(0, b"BM"), bmp,
                                     tf.where(is_webp, webp, tf.constant(-1, tf.int64)))))
+
+
+@tf.autograph.experimental.do_not_convert
+def _gif_pixels(data) -> tf.Tensor:
+  """The pixels TF's GIF decoder holds: it reads every frame (giflib's DGifSlurp) before it
+  keeps the first, so a GIF costs the sum of its frames' sizes, not its screen size. Walks the
+  GIF89a block structure (extensions and image descriptors, each followed by sub-blocks of at
+  most 255 bytes) without decompressing anything."""
+  raw = tf.cast(tf.io.decode_raw(data, tf.uint8), tf.int64)
+  size = tf.size(raw, out_type=tf.int64)
+
+  def at(i):
+    return tf.gather(raw, tf.minimum(tf.cast(i, tf.int64), size - 1))
+
+  def color_table(flags):
+    return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64),
+                                                            flags % 8), 0)
+
+  screen = (at(6) + 256 * at(7)) * (at(8) + 256 * at(9))
+  start = tf.constant(13, tf.int64) + color_table(at(10))
+
+  def step(pos, in_blocks, pixels, done):
+    byte = at(pos)
+
+    def sub_block():
+      return (tf.where(byte == 0, pos + 1, pos + 1 + byte), byte != 0, pixels, done)
+
+    def introducer():
+      is_image = byte == 0x2C
+      frame = (at(pos + 5) + 256 * at(pos + 6)) * (at(pos + 7) + 256 * at(pos + 8))
+      after_image = pos + 10 + color_table(at(pos + 9)) + 1   # + LZW minimum code size
+      return (tf.where(is_image, after_image, pos + 2), tf.constant(True),
+              pixels + tf.where(is_image, frame, 0),
+              tf.logical_not(tf.logical_or(is_image, byte == 0x21)))
+
+    return tf.cond(in_blocks, sub_block, introducer)
+
+  _, _, pixels, _ = tf.while_loop(
+      lambda pos, in_blocks, pixels, done: tf.logical_and(tf.logical_not(done), pos < size),
+      step, (start, tf.constant(False), tf.constant(0, tf.int64), tf.constant(False)),
+      maximum_iterations=tf.cast(size, tf.int32))
+  return tf.maximum(pixels, screen)
 
 
 def _check_pixels(pixels, max_pixels: int, what: str):

@@ -3,6 +3,7 @@ bombs refused from their headers in a fresh process with bounded memory, a kille
 temporary folder cleaned (and nobody else's), --overwrite removing only what an export wrote.
 """
 
+import io
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import time
 
+from PIL import Image
 import pytest
 import tensorflow as tf
 
@@ -82,11 +84,14 @@ def test_header_pixels_of_every_served_format():
   picture = tiny_data.photo(37, 53, 2)
   for fmt, kwargs in (("PNG", {}), ("GIF", {}), ("BMP", {}), ("WEBP", {}),
                       ("WEBP", {"lossless": True})):
-    import io  # pylint: disable=g-import-not-at-top
-    from PIL import Image  # pylint: disable=g-import-not-at-top
     buffer = io.BytesIO()
     Image.fromarray(picture).save(buffer, fmt, **kwargs)
     assert int(preprocessing.header_pixels(buffer.getvalue())) == 37 * 53, (fmt, kwargs)
+  # TF's GIF decoder reads every frame: an animation counts the pixels of all its frames.
+  frames = [Image.fromarray(tiny_data.photo(37, 53, 10 + i)) for i in range(3)]   # all differ
+  buffer = io.BytesIO()
+  frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+  assert int(preprocessing.header_pixels(buffer.getvalue())) == 3 * 37 * 53
   assert int(preprocessing.header_pixels(b"")) == -1
   with pytest.raises(tf.errors.InvalidArgumentError, match="limit of 1000"):
     preprocessing.decode_to_stored(tiny_data.encode(picture, "PNG"), max_pixels=1000)
