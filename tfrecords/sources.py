@@ -164,46 +164,57 @@ def _walk_class_folder(top: str, folder: str, root: str, follow_outside: bool, s
   stack = [(top, os.stat(top).st_dev)]
   while stack:
     current, device = stack.pop()
-    relative_dir = os.path.relpath(current, folder).replace(os.sep, "/")
+    prefix = os.path.relpath(current, folder).replace(os.sep, "/") + "/"
     try:
-      # Real entries before links, so a file and a link to it list the file by its own name.
-      entries = sorted(os.scandir(current), key=lambda e: (e.is_symlink(), e.name))
+      entries = sorted(os.scandir(current), key=lambda e: e.name)
     except OSError as e:
-      rejected.append((relative_dir, f"cannot list the folder: {e.strerror}"))
+      rejected.append((prefix[:-1], f"cannot list the folder: {e.strerror}"))
       continue
-    subdirs = []
-    for entry in entries:
-      if _hidden(entry.name):
+    subdirs, links = [], []
+    for entry in entries:   # the hot loop (ImageNet: 1.3 M files): plain files first, no stat
+      name = entry.name
+      if name[0] == "." or name == "__MACOSX":
         continue
-      relative = f"{relative_dir}/{entry.name}"
-      try:
-        if entry.is_symlink() or entry.is_dir(follow_symlinks=False):
-          if entry.is_symlink():
-            target = os.path.realpath(entry.path)
-            if not follow_outside and not _inside(target, root):
-              rejected.append((relative, f"symbolic link to {target}, outside the input "
-                                         f"folder {root} (pass --follow_outside_links to "
-                                         "follow it)"))
-              continue
-          info = os.stat(entry.path)   # follows links
-          key = (info.st_dev, info.st_ino)
+      if entry.is_symlink():
+        links.append(entry)   # after the real entries: a file and a link to it list the file
+      elif entry.is_dir():
+        subdirs.append(entry)
+      else:
+        key = (device, entry.inode())   # a hard link to a listed file has the same inode
+        if key in seen:
+          rejected.append((prefix + name, _SEEN))
         else:
-          # A plain file: its inode from the directory entry, no stat (ImageNet has 1.3 M).
-          key = (device, entry.inode())
+          seen.add(key)
+          files.append(prefix + name)
+    next_dirs = []
+    for entry in subdirs + links:
+      relative = prefix + entry.name
+      try:
+        if entry.is_symlink():
+          target = os.path.realpath(entry.path)
+          if not follow_outside and not _inside(target, root):
+            rejected.append((relative, f"symbolic link to {target}, outside the input folder "
+                                       f"{root} (pass --follow_outside_links to follow it)"))
+            continue
+        info = os.stat(entry.path)   # follows links
       except OSError as e:
         rejected.append((relative, f"cannot read: {e.strerror or e} (a broken link?)"))
         continue
+      key = (info.st_dev, info.st_ino)
       if key in seen:
-        rejected.append((relative, "the same file or folder as one listed before (a link or "
-                                   "hard link to it, or a link cycle): listed once"))
+        rejected.append((relative, _SEEN))
         continue
       seen.add(key)
       if entry.is_dir():
-        subdirs.append((entry.path, key[0]))
+        next_dirs.append((entry.path, info.st_dev))
       else:
         files.append(relative)
-    stack.extend(reversed(subdirs))   # depth first, in name order
+    stack.extend(reversed(sorted(next_dirs)))   # depth first, in name order
   return sorted(files)
+
+
+_SEEN = ("the same file or folder as one listed before (a link or hard link to it, or a link "
+         "cycle): listed once")
 
 
 def _scan_split_folder(folder: str, follow_outside: bool = False, rejected: list = None,
