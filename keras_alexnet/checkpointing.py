@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from typing import Optional
 
 from absl import logging
@@ -43,6 +44,8 @@ STATE_FILE = "state.json"
 PREFIX = "ckpt"
 _STEP_RE = re.compile(r"^step-(\d{8,})$")
 _TMP = ".tmp-"
+# What save() names its temporary folders (tempfile.mkdtemp adds a random [a-z0-9_] suffix).
+_TMP_RE = re.compile(r"^\.tmp-(?:step-\d{8,}|worker\d+)-[A-Za-z0-9_]+$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,6 +109,23 @@ def checkpointed_variables(model: keras.Model) -> dict:
   return {v.path: v for v in model.variables if "seed_generator" not in v.path}
 
 
+def nonfinite_variables(model: keras.Model) -> list:
+  """Paths of the model's float variables holding a NaN or an Inf (none: an empty list)."""
+  return [v.path for v in model.variables
+          if tf.as_dtype(v.dtype).is_floating
+          and not bool(tf.reduce_all(tf.math.is_finite(v.value)))]
+
+
+def read_json(path: str, what: str):
+  """json.load of `path`; ValueError naming the file when it is not readable JSON."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise ValueError(f"{path} is not readable {what} (invalid JSON: {e}); it is damaged or "
+                     "was cut short.") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # Run metadata.
 
@@ -118,8 +138,10 @@ def read_metadata(workdir: str) -> dict:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{workdir} is not a training workdir: it has no {CONFIG_FILE}.")
-  with open(path) as f:
-    return json.load(f)
+  metadata = read_json(path, "run metadata")
+  if not isinstance(metadata, dict):
+    raise ValueError(f"{path} must hold a JSON object; found {type(metadata).__name__}.")
+  return metadata
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -140,11 +162,15 @@ def load_statistics(workdir: str) -> preprocessing.Statistics:
   path = os.path.join(workdir, STATISTICS_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{workdir} has no {STATISTICS_FILE}: not a training workdir.")
-  with np.load(path) as z:
-    return preprocessing.Statistics(
-        mean_image=z["mean_image"] if "mean_image" in z else None, mean_rgb=z["mean_rgb"],
-        eigenvalues=z["eigenvalues"], eigenvectors=z["eigenvectors"],
-        source=f"{path} (from {z['source']})")
+  try:
+    with np.load(path) as z:
+      return preprocessing.Statistics(
+          mean_image=z["mean_image"] if "mean_image" in z else None, mean_rgb=z["mean_rgb"],
+          eigenvalues=z["eigenvalues"], eigenvectors=z["eigenvectors"],
+          source=f"{path} (from {z['source']})")
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f"{path} is not a readable statistics file ({type(e).__name__}: {e}); "
+                     "it is damaged or cut short.") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,8 +214,10 @@ class CheckpointStore:
     path = os.path.join(self.directory, BEST_FILE)
     if not os.path.exists(path):
       return None
-    with open(path) as f:
-      return json.load(f)
+    best = read_json(path, "best-checkpoint record")
+    if not isinstance(best, dict) or not isinstance(best.get("step"), int):
+      raise ValueError(f"{path} must hold {{\"step\": N, ...}}; found {best!r:.200}.")
+    return best
 
   def restore(self, checkpoint: tf.train.Checkpoint) -> Optional[dict]:
     """Restores the newest checkpoint that loads; returns its state dict, or None if the
@@ -223,9 +251,22 @@ class CheckpointStore:
     if not self.is_chief or not os.path.isdir(self.directory):
       return
     for name in os.listdir(self.directory):
-      if name.startswith(_TMP):
-        logging.warning("Removing %s, a checkpoint whose writing was interrupted.", name)
-        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      path = os.path.join(self.directory, name)
+      # Only what save() makes: its name pattern, a real folder (not a link), holding only
+      # checkpoint files. Anything else under .tmp-* is not ours and stays.
+      if not (_TMP_RE.match(name) and os.path.isdir(path) and not os.path.islink(path)):
+        continue
+      contents = os.listdir(path)
+      if not all(n == STATE_FILE or n.startswith(PREFIX + ".") or n == "checkpoint"
+                 for n in contents) or any(os.path.isdir(os.path.join(path, n))
+                                           for n in contents):
+        logging.warning("Leaving %s: it is named like an interrupted checkpoint but holds "
+                        "other files.", path)
+        continue
+      logging.warning("Removing %s, a checkpoint whose writing was interrupted.", name)
+      for n in contents:
+        os.remove(os.path.join(path, n))
+      os.rmdir(path)
 
   def save(self, checkpoint: tf.train.Checkpoint, step: int, state: dict,
            best: Optional[dict] = None) -> Optional[str]:

@@ -57,6 +57,9 @@ class TrainConfig:
   tiny_model: bool = False              # Tests only: see checkpointing.build_model.
   init_checkpoint: Optional[str] = None  # Fine-tuning: weights of a workdir or checkpoint.
   trainable_from: Optional[str] = None  # Layers before this one are frozen; None: none.
+  # Seconds the trainer waits for one batch (e.g. from tf.data service workers that died)
+  # before it saves a checkpoint and fails; 0: wait for ever.
+  data_timeout: float = 300.0
 
   def peak_learning_rate(self) -> float:
     """The rate at the start of training, after scaling with the global batch."""
@@ -129,6 +132,8 @@ def check_train_config(config: Config) -> None:
   if t.trainable_from == "conv6" and not config.model.conv6:
     bad("trainable_from", t.trainable_from, "a layer of the model: conv6 exists only with "
         "--conv6")
+  if t.data_timeout < 0:
+    bad("data_timeout", t.data_timeout, ">= 0 seconds (0: wait for ever)")
   if t.tiny_model and t.strategy == "two_tower":
     bad("tiny_model", t.tiny_model, "False with --strategy=two_tower")
   # The tiny test net has other layer names; training checks against the model itself.
@@ -266,6 +271,9 @@ def _define_train_flags(fv):
       d.DEFINE_bool("xla", t.xla, "Compile the forward and backward pass with XLA."),
       d.DEFINE_float("collective_timeout", t.collective_timeout, "multi_worker: seconds a "
                          "collective may wait for a peer; 0: TF's default."),
+      d.DEFINE_float("data_timeout", t.data_timeout, "Seconds to wait for one input batch "
+                     "(e.g. from dead tf.data service workers) before saving a checkpoint "
+                     "and failing; 0: wait for ever."),
       d.DEFINE_integer("seed", t.seed, "Seeds init, data order, augmentation, dropout."),
       d.DEFINE_bool("deterministic", t.deterministic, "Deterministic ops and data order: "
                         "a resumed run repeats an uninterrupted one's losses. Slower."),
@@ -355,7 +363,7 @@ def config_from_flags(f: flags.FlagValues) -> Config:
       deterministic=f.deterministic, log_every_steps=f.log_every_steps,
       summary_images=f.summary_images, collective_timeout=f.collective_timeout,
       tiny_model=f.tiny_model, init_checkpoint=f.init_checkpoint or None,
-      trainable_from=f.trainable_from or None)
+      trainable_from=f.trainable_from or None, data_timeout=f.data_timeout)
   data = data_config_from_flags(f, deterministic=f.deterministic, seed=f.seed,
                                 num_classes=f.num_classes)
   config = Config(model=model, data=data, augment=augment,

@@ -14,6 +14,13 @@ through TensorFlow's own tf.data service. Augmentation still runs in the trainin
 
 The workers receive the pipeline as a serialized graph: they need TensorFlow and the data, not
 this package's code.
+
+Security: TensorFlow's servers listen on every network interface (TF 2.21 binds 0.0.0.0:PORT;
+neither DispatcherConfig nor WorkerConfig takes an address to bind to) with no
+authentication (the open-source build's only protocol, "grpc", uses insecure credentials), and
+a worker runs whatever dataset graph a client sends it, with the worker's file access (a graph
+can read and write files). Run them only on a trusted network or behind a firewall that admits
+only the trainers: see README.md, "Security". The launcher prints this when it starts.
 """
 
 import dataclasses
@@ -28,6 +35,11 @@ import tensorflow as tf
 
 ROLES = ("dispatcher", "worker")
 DEFAULT_DISPATCHER_PORT = 5050
+SECURITY_WARNING = (
+    "WARNING: the tf.data service {role} listens on port {port} of EVERY network interface "
+    "(TensorFlow offers no bind address and no authentication) and runs any dataset graph a "
+    "client sends, with this process's access to files. Use it only on a trusted network or "
+    "behind a firewall that admits only your trainers (README.md, 'Security').")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +94,9 @@ def serve(config: ServiceConfig) -> None:
   else:
     server = start_worker(config.dispatcher_address, config.port, config.worker_host)
     address = f"{config.worker_host or socket.gethostname()}:{server._address.split(':')[-1]}"  # pylint: disable=protected-access
+  port = address.rsplit(":", 1)[-1]
+  print(SECURITY_WARNING.format(role=config.role, port=port), file=sys.stderr, flush=True)
+  logging.warning(SECURITY_WARNING.format(role=config.role, port=port))
   # The one line scripts wait for (the port may have been chosen by the OS).
   print(f"tf.data service {config.role} serving at {address}", flush=True)
   logging.info("tf.data service %s serving at %s", config.role, address)

@@ -169,6 +169,36 @@ def _shard_sizes(files: tuple) -> tuple:
   return tuple(tf.io.gfile.stat(path).length for path in files)
 
 
+def check_shards(data_dir: str, split: str, files: list, sizes, info: Optional[dict]) -> None:
+  """Fails, naming the shard, when a shard's size disagrees with what the builder recorded
+  (dataset_info.json's splits.<split>.shard_bytes), or a shard is empty where records are
+  expected. A stat per shard, which create_split makes anyway: cheap enough for every epoch,
+  and a shard cut short or emptied (a failed copy, a full disk) fails before training on
+  part of the data instead of after it.
+  """
+  meta = ((info or {}).get("splits") or {}).get(split) or {}
+  recorded = meta.get("shard_bytes")
+  lengths = meta.get("shard_lengths")
+  where = os.path.join(data_dir, dataset_info.FILENAME)
+  if isinstance(recorded, list) and len(recorded) == len(files):
+    bad = [(f, n, r) for f, n, r in zip(files, sizes, recorded) if r is not None and n != r]
+    if bad:
+      path, size, expected = bad[0]
+      raise ValueError(
+          f"{path} is {size:,} bytes but {where} records {expected:,}: the shard is damaged, "
+          f"cut short or from another build ({len(bad)} of {len(files)} {split} shards "
+          "differ). Rebuild or re-copy it.")
+    return
+  for i, (path, size) in enumerate(zip(files, sizes)):
+    expected_records = lengths[i] if isinstance(lengths, list) and len(lengths) == len(
+        files) else None
+    if size == 0 and expected_records != 0:
+      raise ValueError(
+          f"{path} is empty (0 bytes)" + (f" but {where} records {expected_records} examples "
+                                          "in it" if expected_records else "")
+          + ": a shard cut short or a failed copy. Rebuild or re-copy it.")
+
+
 def _first_record(path: str) -> dict:
   """The feature map of the shard's first record."""
   try:
@@ -626,6 +656,7 @@ def create_split(config: DataConfig, train: bool, batch_size: int, *,
     raise FileNotFoundError(f"{config.data_dir} holds no {split} shards "
                             f"({split}-NNNNN-of-NNNNN). "
                             f"Build them with `{BUILD_COMMAND}`.")
+  check_shards(config.data_dir, split, files, _shard_sizes(tuple(files)), source.info)
   service = config.data_service_address
   if input_context is not None and input_context.num_input_pipelines > 1 and not service:
     # Disjoint files per worker. (A tf.data service job is shared instead: the dispatcher hands

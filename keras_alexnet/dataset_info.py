@@ -90,7 +90,11 @@ def read_mean_image(data_dir: str, info: dict) -> Optional[np.ndarray]:
   if not name:
     return None
   path = os.path.join(data_dir, name)
-  mean = np.load(path)
+  try:
+    mean = np.load(path)
+  except (OSError, ValueError, EOFError) as e:
+    raise ValueError(f"{path} is not a readable .npy mean image ({e}); rebuild the dataset "
+                     "or restore the file.") from None
   if mean.ndim != 3 or mean.shape[-1] != 3:
     raise ValueError(f"{path}: mean image must be [H, W, 3]; found shape {mean.shape}.")
   return mean.astype(np.float32)

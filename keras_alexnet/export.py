@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -60,13 +61,20 @@ INFO_FILENAME = "keras_alexnet.json"
 WARMUP_BATCH_SIZES = (1, 8)
 XLA_MUST_COMPILE = "_XlaMustCompile"
 _TMP_PREFIX = ".tmp-export-"
+# In every temporary export folder, holding {"host", "pid"} of the exporting process: a
+# folder of a process that is gone is the leftover of a killed export, and only such folders
+# are cleaned (never a .tmp-export-* folder someone else made).
+_TMP_MARKER = ".keras_alexnet_export_in_progress"
+# In every version: the files the export wrote, so --overwrite removes exactly those.
+FILES_FILENAME = "keras_alexnet_files.json"
 
 
 def export_saved_model(model: keras.Model, metadata: Dict[str, Any],
                        stats: "preprocessing.Statistics", export_base: str,
                        version: Optional[int] = None, ten_views: bool = False,
                        overwrite: bool = False, mean: str = "per_pixel",
-                       warmup: bool = True, model_name: str = "alexnet") -> str:
+                       warmup: bool = True, model_name: str = "alexnet",
+                       max_image_pixels: int = preprocessing.MAX_IMAGE_PIXELS) -> str:
   """Writes `model` as export_base/<version>/ for TF Serving and returns that path.
 
   Args:
@@ -82,6 +90,8 @@ def export_saved_model(model: keras.Model, metadata: Dict[str, Any],
     warmup: write assets.extra/tf_serving_warmup_requests (needs tensorflow-serving-api;
       without it the export logs a warning and writes none).
     model_name: the model name in the warm-up requests (TF Serving's --model_name).
+    max_image_pixels: serve_bytes refuses (InvalidArgument) images whose header declares
+      more pixels, before decoding them: the memory a request takes is bounded.
   """
   # Everything that can be refused is refused before anything is written.
   num_classes = _check_model(model)
@@ -89,12 +99,18 @@ def export_saved_model(model: keras.Model, metadata: Dict[str, Any],
   _check_version_free(export_base, version, overwrite)
   if mean not in preprocessing.MEANS:
     raise ValueError(f"mean must be one of {preprocessing.MEANS}; received {mean!r}.")
+  if max_image_pixels < 1:
+    raise ValueError(f"max_image_pixels must be >= 1; received {max_image_pixels}.")
 
   module, signatures = serving_module(
-      ServingFunctions(model, stats, wnids, names, ten_views=ten_views, mean=mean))
+      ServingFunctions(model, stats, wnids, names, ten_views=ten_views, mean=mean,
+                       max_pixels=max_image_pixels))
   os.makedirs(export_base, exist_ok=True)
+  clean_killed_exports(export_base)
   tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=export_base)
   try:
+    with open(os.path.join(tmp, _TMP_MARKER), "w") as f:
+      json.dump({"host": socket.gethostname(), "pid": os.getpid()}, f)
     # mkdtemp makes the folder 0700; the server often runs as another user (a container's),
     # so the version gets the permissions any new folder gets under the umask.
     os.chmod(tmp, 0o777 & ~_umask())
@@ -110,6 +126,8 @@ def export_saved_model(model: keras.Model, metadata: Dict[str, Any],
       write_warmup_requests(os.path.join(tmp, ASSETS_EXTRA, WARMUP_FILENAME), model_name)
     _write_info(os.path.join(tmp, ASSETS_EXTRA, INFO_FILENAME), metadata, num_classes,
                 ten_views, mean, stats)
+    os.remove(os.path.join(tmp, _TMP_MARKER))
+    _write_file_list(tmp)
     path = _move_into_place(tmp, export_base, version, overwrite)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -124,13 +142,15 @@ class ServingFunctions:
   out. A plain object on purpose, see `serving_module`."""
 
   def __init__(self, model: keras.Model, stats, wnids: Sequence[str], names: Sequence[str],
-               ten_views: bool = False, mean: str = "per_pixel"):
+               ten_views: bool = False, mean: str = "per_pixel",
+               max_pixels: int = preprocessing.MAX_IMAGE_PIXELS):
     # Device placements (the paper's two-tower split) are recorded in the graph; the serving
     # machine may not have those devices, so the served net is an unplaced copy.
     self.model = _unplaced(model)
     self.stats = stats
     self.ten_views = ten_views
     self.mean = mean
+    self.max_pixels = max_pixels
     self.wnids = tf.constant(list(wnids), tf.string)
     self.names = tf.constant(list(names), tf.string)
     self.outputs_softmax = isinstance(model.layers[-1], keras.layers.Softmax)
@@ -142,11 +162,13 @@ class ServingFunctions:
     size = self.size
     if not self.ten_views:
       crops = tf.map_fn(
-          lambda b: preprocessing.serving_preprocess(b, self.stats, self.mean, size),
+          lambda b: preprocessing.serving_preprocess(b, self.stats, self.mean, size,
+                                                     self.max_pixels),
           image_bytes,
           fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
       return self.serve_images(crops)
-    stored = tf.map_fn(preprocessing.decode_to_stored, image_bytes,
+    stored = tf.map_fn(lambda b: preprocessing.decode_to_stored(b, self.max_pixels),
+                       image_bytes,
                        fn_output_signature=tf.TensorSpec(
                            [preprocessing.STORED_SIZE, preprocessing.STORED_SIZE, 3], tf.uint8))
     views = preprocessing.ten_views(stored, self.stats, self.mean, size)  # [N, 10, 224, 224, 3]
@@ -382,6 +404,11 @@ def _check_version_free(export_base: str, version: Optional[int], overwrite: boo
   if version is not None and not overwrite and os.path.exists(path):
     raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to "
                           "replace it, or leave the version out to take the next free one.")
+  if version is not None and overwrite and os.path.exists(path) and _listed_files(path) is None:
+    raise FileExistsError(
+        f"{path} has no {ASSETS_EXTRA}/{FILES_FILENAME}, so it is not a version this project "
+        "exported (or one from before exports listed their files): --overwrite replaces only "
+        "those, and nothing was changed. Move it away yourself, or export another version.")
 
 
 def versions(export_base: str) -> List[int]:
@@ -418,18 +445,93 @@ def _move_into_place(tmp: str, export_base: str, version: Optional[int],
   if not overwrite:
     raise FileExistsError(f"{path} appeared while exporting; pass overwrite=True to "
                           "replace it.")
+  listed = _listed_files(path)
+  if listed is None:
+    raise FileExistsError(
+        f"{path} has no {ASSETS_EXTRA}/{FILES_FILENAME}, so it is not a version this project "
+        "exported (or one from before exports listed their files): --overwrite replaces only "
+        "those, and nothing was changed. Move it away yourself, or export another version.")
   # Swap: the old version moves aside (a non-integer name TF Serving ignores), the new one
-  # takes its name, then the old one is deleted; if the swap fails the old one comes back.
-  old = tempfile.mkdtemp(prefix=_TMP_PREFIX + "old-", dir=export_base)
-  os.rename(path, os.path.join(old, "version"))
+  # takes its name; if the swap fails the old one comes back. Then the files the old export
+  # listed are removed; anything else in it is kept, under the aside name, and reported.
+  aside = os.path.join(export_base, f".replaced-{version}-{os.getpid()}")
+  os.rename(path, aside)
   try:
     os.rename(tmp, path)
   except BaseException:
-    os.rename(os.path.join(old, "version"), path)
+    os.rename(aside, path)
     raise
-  finally:
-    shutil.rmtree(old, ignore_errors=True)  # after the restore, only the empty folder
+  _remove_listed(aside, listed)
   return path
+
+
+def _write_file_list(folder: str) -> None:
+  """FILES_FILENAME: every file under `folder` (relative paths), written last."""
+  files = sorted(os.path.relpath(os.path.join(root, n), folder)
+                 for root, _, names in os.walk(folder) for n in names)
+  files.append(os.path.join(ASSETS_EXTRA, FILES_FILENAME))
+  with open(os.path.join(folder, ASSETS_EXTRA, FILES_FILENAME), "w") as f:
+    json.dump({"files": files}, f, indent=1)
+
+
+def _listed_files(version_dir: str) -> Optional[List[str]]:
+  try:
+    with open(os.path.join(version_dir, ASSETS_EXTRA, FILES_FILENAME)) as f:
+      files = json.load(f)["files"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  # Relative paths inside the folder only, whatever the file says.
+  return [f for f in files if isinstance(f, str) and not os.path.isabs(f)
+          and ".." not in f.split(os.sep)]
+
+
+def _remove_listed(folder: str, files: List[str]) -> None:
+  """Removes the listed regular files of `folder`, then its folders left empty."""
+  removed = 0
+  for name in files:
+    path = os.path.join(folder, name)
+    if os.path.isfile(path) and not os.path.islink(path):
+      os.remove(path)
+      removed += 1
+  for root, _, _ in sorted(os.walk(folder), key=lambda w: -len(w[0])):
+    try:
+      os.rmdir(root)
+    except OSError:
+      pass   # holds something the export did not write
+  logging.info("--overwrite: removed the %d files of the replaced version.", removed)
+  if os.path.exists(folder):
+    logging.warning("%s holds files the replaced export did not write; kept there.", folder)
+
+
+def clean_killed_exports(export_base: str) -> List[str]:
+  """Removes the temporary folders of exports killed on this host; returns their paths."""
+  removed = []
+  for name in sorted(os.listdir(export_base)):
+    path = os.path.join(export_base, name)
+    if not name.startswith(_TMP_PREFIX) or os.path.islink(path) or not os.path.isdir(path):
+      continue
+    try:
+      with open(os.path.join(path, _TMP_MARKER)) as f:
+        holder = json.load(f)
+      host, pid = holder["host"], int(holder["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+      continue   # not one of ours (or still being created): left alone
+    if host != socket.gethostname() or _pid_alive(pid):
+      continue
+    logging.warning("Removing %s, left by an export (pid %d) that was killed.", path, pid)
+    shutil.rmtree(path, ignore_errors=True)
+    removed.append(path)
+  return removed
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -443,6 +545,7 @@ class ExportConfig:
   ten_views: bool = False
   warmup: bool = True
   model_name: str = "alexnet"
+  max_image_pixels: int = preprocessing.MAX_IMAGE_PIXELS
 
 
 def export_from_workdir(config: ExportConfig) -> str:
@@ -456,7 +559,8 @@ def export_from_workdir(config: ExportConfig) -> str:
   return export_saved_model(model, metadata, stats, config.export_dir,
                             version=config.version, ten_views=config.ten_views,
                             overwrite=config.overwrite, mean=mean, warmup=config.warmup,
-                            model_name=config.model_name)
+                            model_name=config.model_name,
+                            max_image_pixels=config.max_image_pixels)
 
 
 def main(argv):
@@ -467,7 +571,8 @@ def main(argv):
   f = flags.FLAGS
   config = ExportConfig(
       workdir=f.workdir, export_dir=f.export_dir, which=f.which, version=f.version,
-      overwrite=f.overwrite, ten_views=f.ten_views, warmup=f.warmup, model_name=f.model_name)
+      overwrite=f.overwrite, ten_views=f.ten_views, warmup=f.warmup, model_name=f.model_name,
+      max_image_pixels=f.max_image_pixels)
   try:
     path = export_from_workdir(config)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
@@ -490,6 +595,9 @@ def _define_flags():
                        "instead of the centre crop; about 10x the compute per image.")
   flags.DEFINE_boolean("warmup", True, "Write assets.extra/tf_serving_warmup_requests.")
   flags.DEFINE_string("model_name", "alexnet", "Model name in the warm-up requests.")
+  flags.DEFINE_integer("max_image_pixels", preprocessing.MAX_IMAGE_PIXELS, "The served model "
+                       "refuses images whose header declares more pixels (width x height), "
+                       "before decoding: bounds the memory of a request.", lower_bound=1)
   flags.mark_flags_as_required(["workdir", "export_dir"])
 
 

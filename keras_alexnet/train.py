@@ -7,6 +7,9 @@ checkpoint. Exit status: 0 done; 1 an error (a NaN/Inf loss, bad flags or data, 
 worker); 128 + N when signal N (SIGTERM, SIGINT) stopped the run after saving a checkpoint.
 """
 
+import errno
+import os
+import shutil
 import sys
 
 from absl import app
@@ -27,6 +30,7 @@ def main(argv):
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0],
         [tf.config.LogicalDeviceConfiguration()] * FLAGS.num_cpu_devices)
+  from keras_alexnet import bounded_input   # pylint: disable=g-import-not-at-top
   from keras_alexnet import training   # pylint: disable=g-import-not-at-top
   import tensorflow as tf   # pylint: disable=g-import-not-at-top
   try:
@@ -34,14 +38,36 @@ def main(argv):
     training.train_and_evaluate(config, FLAGS.workdir, config_lib.flags_text(FLAGS, sys.argv))
   except training.Stopped as e:
     logging.warning("%s", e)
-    sys.exit(128 + e.signum)
+    _exit_now(128 + e.signum)
+  except bounded_input.InputTimeout as e:
+    print(f"error: {e}", file=sys.stderr)
+    _exit_now(1)
   except (ValueError, FileNotFoundError, RuntimeError) as e:
     # RuntimeError covers NonFiniteLossError and unloadable checkpoints.
     sys.exit(f"error: {e}")
+  except OSError as e:   # e.g. a full disk while writing the workdir: the message names the file
+    sys.exit(f"error: {e}" + (f"; free space under {FLAGS.workdir}: "
+                              f"{shutil.disk_usage(FLAGS.workdir).free:,} bytes"
+                              if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""))
   except tf.errors.OpError as e:
+    if "No space left on device" in e.message:
+      sys.exit(f"error: {type(e).__name__}: {e.message.strip()[:2000]}\nThe disk holding "
+               f"{FLAGS.workdir} is full ({shutil.disk_usage(FLAGS.workdir).free:,} bytes "
+               "free); the checkpoints saved before are complete: free space and run the same "
+               "command again to resume.")
     sys.exit(f"error: {type(e).__name__}: {e.message.strip()[:2000]}\nIf this is a multi-worker "
              "run, a peer worker has probably failed; restart all workers to resume from the "
              "last checkpoint.")
+
+
+def _exit_now(code):
+  """Exits without the interpreter's teardown: a batch request that never returns (its
+  tf.data service workers are gone) would block TF's iterator clean-up, and with it the exit.
+  The checkpoint is saved and the logs are flushed first."""
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)   # pylint: disable=protected-access
 
 
 # --help lists the flags under the headings of flags/paper.cfg; flags added later land under
@@ -49,9 +75,9 @@ def main(argv):
 HELP_GROUPS = (
     ("Data", ("data_dir", "data_format", "label_offset", "batch_size", "eval_steps",
               "shuffle_buffer", "private_threadpool_size", "cache", "data_service_address",
-              "synthetic")),
+              "synthetic", "data_timeout")),
     ("Model (section 3)", ("num_classes", "variant", "activation", "lrn", "pooling", "dropout",
-                           "remove", "init", "input_scale")),
+                           "remove", "init", "input_scale", "conv6")),
     ("Augmentation (section 4.1)", ("random_crop", "mirror", "pca_lighting", "mean")),
     ("Optimization (section 5)", ("epochs", "learning_rate", "lr_scaling", "momentum",
                                   "weight_decay", "decay_biases", "lr_schedule",

@@ -27,11 +27,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet import bounded_input
 from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
 from keras_alexnet import dataset as dataset_lib
 from keras_alexnet import optimizer as optimizer_lib
 from keras_alexnet import preprocessing
+from keras_alexnet import workdir_lock
 
 # Seeds of the random streams, folded with the step and the replica.
 _AUGMENT_STREAM = 0
@@ -292,9 +294,11 @@ def validation_batches(strategy, data: dataset_lib.DataConfig, batch_size: int, 
 
 
 def evaluate_split(eval_step, strategy, data: dataset_lib.DataConfig, batch_size: int,
-                   steps: int, distributed: bool, batches=None) -> dict:
+                   steps: int, distributed: bool, batches=None, timeout: float = 0.0,
+                   signals=None, on_stop=None) -> dict:
   """Validation loss and top-1/top-5 error over the whole split (or `steps` batches).
-  batches: a `validation_batches` function to take the pass from, instead of a new dataset."""
+  batches: a `validation_batches` function to take the pass from, instead of a new dataset.
+  timeout, signals, on_stop: see bounded_input.BoundedNext."""
   if batches is not None:
     ds = batches()
   else:
@@ -304,13 +308,20 @@ def evaluate_split(eval_step, strategy, data: dataset_lib.DataConfig, batch_size
     if distributed:
       ds = strategy.experimental_distribute_dataset(ds)
   totals = np.zeros(4)
-  for images, labels in ds:
+  for images, labels in bounded_input.iterate(ds, timeout, _input_source(data), signals,
+                                              on_stop):
     totals += np.array([float(x) for x in eval_step(images, labels)])
   loss, top1, top5, n = totals
   if n == 0:
     return {}
   return {"loss": loss / n, "top1_error": 1 - top1 / n, "top5_error": 1 - top5 / n,
           "examples": int(n)}
+
+
+def _input_source(data: dataset_lib.DataConfig) -> str:
+  if data.data_service_address:
+    return f"the tf.data service at {data.data_service_address}"
+  return f"the shards in {data.data_dir}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,8 +439,15 @@ def _move_aside(workdir):
            if os.path.exists(os.path.join(workdir, n))]
   if not moved:
     return
-  target = os.path.join(workdir, time.strftime("previous-%Y%m%d-%H%M%S"))
-  os.makedirs(target)
+  base = os.path.join(workdir, time.strftime("previous-%Y%m%d-%H%M%S"))
+  target, n = base, 1
+  while True:   # Never into (or over) a folder that exists: two restarts in one second.
+    try:
+      os.makedirs(target)
+      break
+    except FileExistsError:
+      n += 1
+      target = f"{base}-{n}"
   for name in moved:
     os.replace(os.path.join(workdir, name), os.path.join(target, name))
   logging.warning("--resume=false: moved the previous run's %s to %s.", " and ".join(moved),
@@ -533,15 +551,20 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
       logging.info("--init_checkpoint is a converted net; its architecture is kept: %s", source)
       model_config = dataclasses.replace(model_config, **source)
   metadata = _metadata(config, model_config, data_meta, stats, steps_per_epoch, strategy)
-  if t.resume:
-    _check_same_run(workdir, metadata)
-
-  keras.mixed_precision.set_global_policy(t.precision)
+  # One trainer per workdir (the chief's: other workers of a run write no files of their own).
+  lock = workdir_lock.WorkdirLock(workdir) if strategy.extended.should_checkpoint else None
+  if lock is not None:
+    lock.acquire()
   try:
+    if t.resume:
+      _check_same_run(workdir, metadata)
+    keras.mixed_precision.set_global_policy(t.precision)
     return _train(config, workdir, flags_text, strategy, tower_devices, model_config, metadata,
                   stats, steps_per_epoch, has_validation)
   finally:
     keras.mixed_precision.set_global_policy("float32")
+    if lock is not None:
+      lock.release()
 
 
 def _train(config, workdir, flags_text, strategy, tower_devices, model_config, metadata, stats,
@@ -625,6 +648,16 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
 
   def save(best=None):
     writers.flush()
+    # A checkpoint is a "last good" one only with finite weights: a step can overflow them
+    # before the loss shows it (the loss of step k is computed before step k's update).
+    bad = checkpointing.nonfinite_variables(model)
+    if bad:
+      steps = store.steps()
+      raise NonFiniteLossError(
+          f"The weights are not finite after step {step} ({', '.join(bad[:5])}); not saved. "
+          "The last good checkpoint is "
+          + (f"{store.path(steps[-1])}." if steps else "none (none was saved yet).")
+          + " Lower --learning_rate or check the data.")
     state = state_dict()
     path = store.save(checkpoint, step, state, best)
     saved_seconds[0] = state["train_seconds"]
@@ -652,6 +685,15 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
       return _chain_epochs(epochs)
     return fn
 
+  def stop_waiting(error):
+    """While waiting for input: a signal, or no batch for --data_timeout. The model is at a
+    step boundary: save, then stop."""
+    save()
+    if isinstance(error, bounded_input.Interrupted):
+      raise Stopped(signals.signum, step)
+    raise bounded_input.InputTimeout(f"{error} Saved a checkpoint at step {step}; rerun the "
+                                     "same command to resume.")
+
   last_val = history[-1]["validation"] if history else {}
   val_batches = validation_batches(
       strategy, config.data, t.batch_size, t.eval_steps,
@@ -660,6 +702,8 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
   if epoch < t.epochs:
     iterator = iter(strategy.distribute_datasets_from_function(
         dataset_fn(epoch, batch_in_epoch)))
+    fetch = bounded_input.BoundedNext(iterator, t.data_timeout, _input_source(config.data),
+                                      stop_waiting)
   with _SignalFlag() as signals:
     while epoch < t.epochs:
       epoch_start = time.perf_counter()
@@ -669,7 +713,7 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
       window_start = time.perf_counter()
       first_of_epoch, timed_steps = True, 0
       while batch_in_epoch < steps_per_epoch:
-        images, labels = next(iterator)
+        images, labels = fetch(signals)
         if first_of_epoch and t.summary_images and batch_in_epoch == 0:
           _summarize_inputs(writers, strategy, images, stats, config.augment, t.seed, step)
         out = train_step(images, labels, tf.constant(step, tf.int64),
@@ -683,6 +727,9 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
               f"The loss is {loss} at step {step + 1} (epoch {epoch + 1}, batch "
               f"{batch_in_epoch + 1}); stopping without saving. The last good checkpoint is "
               + (f"{store.path(steps[-1])}." if steps else "none (none was saved yet).")
+              + (f" Its weights are finite but are the ones that gave this loss; the one "
+                 f"before it is {store.path(steps[-2]) if len(steps) > 1 else 'none'}."
+                 if steps and steps[-1] == step else "")
               + " Lower --learning_rate or check the data.")
         step += 1
         batch_in_epoch += 1
@@ -710,7 +757,8 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
       val = {}
       if has_validation:
         val = evaluate_split(eval_step, strategy, config.data, t.batch_size, t.eval_steps,
-                             distributed_eval, val_batches)
+                             distributed_eval, val_batches, t.data_timeout, signals,
+                             stop_waiting)
       improved = bool(val) and (best_error is None or val["top1_error"] < best_error)
       if improved:
         best_error = val["top1_error"]

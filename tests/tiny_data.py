@@ -146,3 +146,38 @@ def child_env(**extra: str) -> dict:
   env.pop("TF_CONFIG", None)
   env.update(extra)
   return env
+
+
+def bomb_png(width: int, height: int) -> bytes:
+  """A real RGB PNG of width x height black pixels, compressed row by row: a decompression
+  bomb (20000x20000 is 1.2 GB of pixels in about 1 MB) made without holding its pixels."""
+  import struct
+  import zlib
+
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+  compressor = zlib.compressobj(9)
+  row = bytes(1 + 3 * width)   # filter byte 0, then the row's pixels
+  parts = [compressor.compress(row) for _ in range(height)] + [compressor.flush()]
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
+                                                              0, 0, 0))
+          + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+
+
+def peak_rss_kb(args, **popen_kwargs) -> tuple:
+  """(return code, output, peak resident memory in kB) of the command `args`, measured by a
+  small wrapper process whose only child it is (RUSAGE_CHILDREN of this process would also
+  count earlier children, and a child's RSS before exec)."""
+  import subprocess
+  import sys
+  wrapper = ("import resource, subprocess, sys\n"
+             "code = subprocess.call(sys.argv[1:])\n"
+             "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+             "sys.exit(code)\n")
+  result = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True,
+                          text=True, **popen_kwargs)
+  out = result.stdout + result.stderr
+  peak = int(out.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
+  return result.returncode, out, peak

@@ -24,7 +24,7 @@ import multiprocessing
 import os
 import random
 import re
-import shutil
+import signal
 import socket
 import sys
 import time
@@ -39,6 +39,7 @@ from keras_alexnet import dataset_info
 from keras_alexnet import features
 from . import image
 from . import releases
+from . import safety
 from . import sources
 from . import statistics
 from .sources import InputError
@@ -110,6 +111,9 @@ class BuildConfig:
   meta_file: Optional[str] = None
   devkit_dir: Optional[str] = None       # ILSVRC-2010's devkit, if not under --input
   encoding: str = "jpeg"                 # "jpeg" | "raw": what image/encoded holds (ENCODINGS)
+  max_image_pixels: int = image.MAX_IMAGE_PIXELS   # images with more are skipped unread
+  allow_empty_classes: bool = False      # a class folder without images: warn, not fail
+  follow_outside_links: bool = False     # follow symlinks that leave --input
 
 
 # --encoding: "jpeg" stores each image as a JPEG; "raw" its uint8 pixels, size x size x 3
@@ -128,6 +132,7 @@ class _ShardTask:
   jpeg_quality: int
   classes: tuple
   encoding: str = "jpeg"
+  max_image_pixels: int = image.MAX_IMAGE_PIXELS
 
 
 def _check_config(config: BuildConfig) -> None:
@@ -152,6 +157,8 @@ def _check_config(config: BuildConfig) -> None:
     releases.check_fraction(config.validation_fraction)
   except InputError as e:
     problems.append(str(e))
+  if config.max_image_pixels < 1:
+    problems.append(f"--max_image_pixels={config.max_image_pixels} must be >= 1")
   if config.num_workers < 0:
     problems.append(f"--num_workers={config.num_workers} must be >= 0 (0: one per core)")
   if not 0 <= config.host_index < config.num_hosts:
@@ -276,7 +283,7 @@ def _shards(source: sources.Source, config: BuildConfig, counts: dict) -> list[_
       chunk = order[index * len(order) // num_shards:(index + 1) * len(order) // num_shards]
       tasks.append(_ShardTask(split, index, num_shards, tuple(chunk), config.output_dir,
                               config.image_size, config.jpeg_quality, source.classes,
-                              config.encoding))
+                              config.encoding, config.max_image_pixels))
   return tasks
 
 
@@ -371,40 +378,90 @@ def _previous_build(out: str) -> tuple[Optional[dict], Optional[dict]]:
   return info, (info.get("build") if info else state)
 
 
-def _prepare_output(config: BuildConfig, record: dict) -> Optional[dict]:
+def _prepare_output(config: BuildConfig, record: dict,
+                    planned: list[str]) -> Optional[dict]:
   """Checks output_dir against this build; returns its dataset_info if already complete.
 
-  Raises InputError (nothing touched) when it holds another build and --overwrite is not set.
+  Raises InputError (nothing touched) when it holds another build and --overwrite is not set,
+  or when a name in `planned` (what this build writes) is taken by something no build wrote.
   """
   out = config.output_dir
   info, previous = _previous_build(out)
   existing = _our_files(out)
   if previous == record:
     if info is None:
-      return None     # an unfinished build of the same dataset: resume it
+      # An unfinished build of the same dataset: resume it. Its shards are those with state.
+      safety.check_free_names(out, planned, set(_state_owned(out)) | _FIXED_NAMES)
+      return None
     missing = [n for n in _expected_shards(info) if not os.path.exists(os.path.join(out, n))]
     if missing:
       raise InputError(f"{out}/{dataset_info.FILENAME} records a finished build but "
                        f"{len(missing)} shards are missing (e.g. {missing[0]}); rebuild with "
                        "--overwrite")
     return info
+  if existing and previous is None:
+    safety.check_free_names(out, planned, set())
+    raise InputError(
+        f"--output_dir={out} holds {len(existing)} file(s) named like dataset files (e.g. "
+        f"{existing[0]}) that no build recorded writing (there is no {dataset_info.FILENAME} "
+        f"or {STATE_DIR}/ state). Nothing was changed, and --overwrite does not delete them (it "
+        "removes only the files a build listed). Move them away or choose another "
+        "--output_dir.")
   if existing and not config.overwrite:
-    if previous is None:
-      why = f"it holds {len(existing)} dataset files (e.g. {existing[0]}) of an unknown build"
-    elif not isinstance(previous, dict):
+    if not isinstance(previous, dict):
       why = f"its {dataset_info.FILENAME} is {previous}"
     else:
       why = "they were built from a different input or flags: " + _differences(previous, record)
     raise InputError(f"--output_dir={out} already holds a dataset and {why}. Nothing was "
                      "changed. Choose another --output_dir, or pass --overwrite to replace it "
                      "(only the builder's own files are deleted).")
-  for name in existing:
-    path = os.path.join(out, name)
-    if os.path.isdir(path):
-      shutil.rmtree(path)
-    else:
-      os.remove(path)
+  if config.overwrite:
+    _remove_previous(out, info)
+  safety.check_free_names(out, planned, set())
+  left = [n for n in _our_files(out) if SHARD_PATTERN.fullmatch(n)]
+  if left:
+    logging.warning("%s keeps %d file(s) named like shards that no build recorded (e.g. %s); "
+                    "they were not deleted, but the input pipeline will refuse the folder as "
+                    "mixed until they are moved away.", out, len(left), left[0])
   return None
+
+
+# What a build writes besides its shards.
+_FIXED_NAMES = {dataset_info.FILENAME, dataset_info.MEAN_IMAGE_FILENAME, LABELS_FILENAME,
+                SKIPPED_FILENAME}
+
+
+def _recorded_files(info: Optional[dict]) -> list[str]:
+  """The files a finished build wrote, by its dataset_info.json: its "files" list, or (builds
+  from before it was kept) its shards by their counts and the fixed names."""
+  if not isinstance(info, dict) or not isinstance(info.get("splits"), dict):
+    return []
+  names = list(info["files"]) if isinstance(info.get("files"), dict) else (
+      _expected_shards(info) + sorted(_FIXED_NAMES))
+  # Plain names only: a damaged or hostile dataset_info.json must not reach outside the folder.
+  return [n for n in names if isinstance(n, str) and n == os.path.basename(n)
+          and n not in ("", ".", "..")]
+
+
+def _state_owned(out: str) -> list[str]:
+  """Shards of an unfinished build: each has its statistics in .build/, written just before
+  the shard was renamed into place."""
+  state = os.path.join(out, STATE_DIR)
+  if not os.path.isdir(state):
+    return []
+  return sorted(n[:-len(".npz")] for n in os.listdir(state)
+                if n.endswith(".npz") and SHARD_PATTERN.fullmatch(n[:-len(".npz")]))
+
+
+def _remove_previous(out: str, info: Optional[dict]) -> None:
+  """--overwrite: removes what the previous build recorded writing, nothing else."""
+  safety.remove_files(out, _recorded_files(info) + _state_owned(out), "--overwrite")
+  state = os.path.join(out, STATE_DIR)
+  if os.path.isdir(state):
+    safety.remove_files(state, [STATE_FILENAME] + [f"{n}.npz" for n in _state_owned(out)]
+                        + safety.stale_temps(state), "--overwrite")
+    # .npz of shards removed above are gone; any left are of shards a user moved: keep.
+    safety.remove_dir_if_empty(state)
 
 
 def _expected_shards(info: dict) -> list[str]:
@@ -439,7 +496,9 @@ def _write_shard(task: _ShardTask) -> tuple[str, int]:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   name = features.shard_name(task.split, task.index, task.num_shards)
   out = task.output_dir
-  temp = os.path.join(out, f"{TEMP_PREFIX}{name}.{socket.gethostname()}-{os.getpid()}")
+  # In the state folder, named by host and pid: a killed build's temporary is then known
+  # for the builder's own (safety.stale_temps), never confused with a user's file.
+  temp = os.path.join(out, STATE_DIR, safety.temp_name(name))
   stats = statistics.PixelStatistics(task.image_size) if task.split == "train" else None
   skipped, written, pending = [], 0, 0
   try:
@@ -447,7 +506,7 @@ def _write_shard(task: _ShardTask) -> tuple[str, int]:
       for item in task.items:
         try:
           converted = image.convert(sources.read_bytes(item), task.image_size,
-                                    task.jpeg_quality)
+                                    task.jpeg_quality, task.max_image_pixels)
         except image.SkipImage as e:
           skipped.append((item.filename, str(e)))
         except OSError as e:
@@ -472,7 +531,8 @@ def _write_shard(task: _ShardTask) -> tuple[str, int]:
     _count(pending)
     # The statistics first, then the shard: a shard under its final name always has them.
     arrays = stats.arrays() if stats is not None else {}
-    arrays["meta"] = np.array(json.dumps({"num_examples": written, "skipped": skipped}))
+    arrays["meta"] = np.array(json.dumps({"num_examples": written, "skipped": skipped,
+                                          "num_bytes": os.path.getsize(temp)}))
     _save_npz_atomic(_state_path(out, name), arrays)
     os.replace(temp, os.path.join(out, name))
   finally:
@@ -542,9 +602,11 @@ def _finalize(tasks: list[_ShardTask], source: sources.Source, config: BuildConf
       if task.split == "train":
         train_stats.merge(statistics.PixelStatistics.from_arrays(arrays))
     split = splits.setdefault(task.split, {"num_examples": 0, "num_shards": task.num_shards,
-                                           "num_skipped": 0, "shard_lengths": []})
+                                           "num_skipped": 0, "shard_lengths": [],
+                                           "shard_bytes": []})
     split["num_examples"] += meta["num_examples"]
     split["shard_lengths"].append(meta["num_examples"])
+    split["shard_bytes"].append(meta.get("num_bytes", os.path.getsize(os.path.join(out, name))))
     split["num_skipped"] += len(meta["skipped"])
     skipped.extend((task.split, f, r) for f, r in meta["skipped"])
   for split, rejected in source.rejected.items():
@@ -576,12 +638,23 @@ def _finalize(tasks: list[_ShardTask], source: sources.Source, config: BuildConf
       "shards": {split: dict(meta) for split, meta in counts.items()},
       **train_stats.summary(),
   }
+  # Every file this build wrote, with its size: what --overwrite may remove, and what the
+  # pipeline checks the shards against (keras_alexnet.dataset.check_shards).
+  written = [features.shard_name(t.split, t.index, t.num_shards) for t in tasks] + [
+      LABELS_FILENAME, SKIPPED_FILENAME] + (
+          [dataset_info.MEAN_IMAGE_FILENAME] if mean_image is not None else [])
+  info["files"] = {n: os.path.getsize(os.path.join(out, n)) for n in written}
+  info["files"][dataset_info.FILENAME] = None   # itself
   # dataset_info.json last: its presence means the build is complete.
   dataset_info.write_json_atomic(os.path.join(out, dataset_info.FILENAME), info)
-  shutil.rmtree(os.path.join(out, STATE_DIR), ignore_errors=True)
-  for name in _our_files(out):
-    if name.startswith(TEMP_PREFIX):   # left by killed builds; every shard is now complete
-      os.remove(os.path.join(out, name))
+  state = os.path.join(out, STATE_DIR)
+  if os.path.isdir(state):
+    names = set(os.listdir(state))
+    ours = [STATE_FILENAME] + [f"{n}.npz" for n in info["files"]] + safety.stale_temps(state)
+    for name in ours:
+      if name in names and safety.is_regular(os.path.join(state, name)):
+        os.remove(os.path.join(state, name))
+    safety.remove_dir_if_empty(state)
   return info
 
 
@@ -603,18 +676,10 @@ def _pool(workers: int, counter):
   context.set_forkserver_preload(_WORKER_PRELOAD)
   # Workers run only this module's functions, so they need not re-run the caller's main
   # module, as multiprocessing would: a script calling build() without an
-  # `if __name__ == "__main__":` guard would otherwise start builds in its workers, whose
-  # deaths the pool answers with new workers, forever. Hiding the main module's origin while
-  # the workers start skips that step.
-  main = sys.modules["__main__"]
-  origin = {k: main.__dict__.get(k) for k in ("__file__", "__spec__") if k in main.__dict__}
-  main.__dict__.update(__file__=None, __spec__=None)
-  try:
-    return context.Pool(workers, initializer=_init_worker, initargs=(counter,))
-  finally:
-    main.__dict__.update(origin)
-    if "__file__" not in origin:
-      del main.__file__
+  # `if __name__ == "__main__":` guard would otherwise start builds in its workers. The pool
+  # hides the main module's origin while its workers start (safety.WorkerPool), and fails
+  # with a message, rather than waiting for ever, when one of them dies.
+  return safety.WorkerPool(workers, context, _init_worker, (counter,))
 
 
 def build(config: BuildConfig) -> Optional[dict]:
@@ -641,12 +706,13 @@ def build(config: BuildConfig) -> Optional[dict]:
     return pool
 
   try:
-    map_fn = (lambda f, xs: get_pool().imap(f, xs, chunksize=8)) if workers > 1 else map
+    map_fn = (lambda f, xs: get_pool().map(f, xs, chunksize=8)) if workers > 1 else map
     started = time.monotonic()
     source = releases.find_source(
         config.input, config.layout, config.classes_file, config.validation_labels_file,
         config.test_labels_file, config.meta_file, config.validation_fraction, config.seed,
-        map_fn, config.devkit_dir)
+        map_fn, config.devkit_dir, allow_empty_classes=config.allow_empty_classes,
+        follow_outside_links=config.follow_outside_links)
     counts = _shard_counts(source, config, workers * config.num_hosts)
     record = _build_record(source, config, counts)
     _keep_auto_counts(counts, record, _previous_build(config.output_dir)[1])
@@ -656,7 +722,8 @@ def build(config: BuildConfig) -> Optional[dict]:
         time.monotonic() - started, source.layout, len(source.classes))
     for split, meta in counts.items():
       logging.info("%s: %d shards (%s).", split, meta["num_shards"], meta["why"])
-    info = _prepare_output(config, record)
+    planned = [features.shard_name(t.split, t.index, t.num_shards) for t in tasks]
+    info = _prepare_output(config, record, planned + sorted(_FIXED_NAMES))
     if info is not None:
       logging.info("%s already holds this dataset, complete; nothing to do.", config.output_dir)
       return info
@@ -676,19 +743,17 @@ def build(config: BuildConfig) -> Optional[dict]:
         _write_shard(task)
         progress.update(counter.value)
     else:
-      results = get_pool().imap_unordered(_write_shard, todo)
-      for _ in todo:
-        while True:
-          try:
-            results.next(timeout=0.5)
-            break
-          except multiprocessing.TimeoutError:
-            progress.update(counter.value)
+      for _ in get_pool().map_unordered(_write_shard, todo,
+                                        lambda: progress.update(counter.value)):
+        progress.update(counter.value)
     progress.update(counter.value, final=True)
+  except OSError as e:
+    if safety.is_disk_full(e):
+      raise safety.BuildError(safety.free_space_message(config.output_dir, e)) from e
+    raise
   finally:
     if pool is not None:
-      pool.terminate()
-      pool.join()
+      pool.shutdown()
   remaining = [t for t in tasks if not _is_complete(t)]
   if remaining:
     logging.info("This host's shards are done; %d shards of other hosts remain. The host that "
@@ -697,7 +762,11 @@ def build(config: BuildConfig) -> Optional[dict]:
     return None
   try:
     info = _finalize(tasks, source, config, record, counts)
-  except FileNotFoundError:
+  except OSError as e:
+    if safety.is_disk_full(e):
+      raise safety.BuildError(safety.free_space_message(config.output_dir, e)) from e
+    if not isinstance(e, FileNotFoundError):
+      raise
     # Another host found every shard complete at the same time, finalized first and removed
     # the per-shard sums: its dataset_info.json is this build's.
     info = dataset_info.read(config.output_dir)
@@ -800,13 +869,12 @@ def verify(output_dir: str, workers: int = 0, progress: bool = True) -> list[str
   pool = _pool(workers, None) if workers > 1 else None
   problems = []
   try:
-    for _, _, found in (pool.imap(_verify_shard, jobs) if pool else map(_verify_shard, jobs)):
+    for _, _, found in (pool.map(_verify_shard, jobs) if pool else map(_verify_shard, jobs)):
       problems.extend(found)
       bar.update(bar.done + 1)
   finally:
     if pool is not None:
-      pool.terminate()
-      pool.join()
+      pool.shutdown()
   bar.update(bar.done, final=True)
   return problems
 
@@ -826,9 +894,21 @@ def parse_shards(name: str, value: str) -> Union[int, str]:
                    f"1..{MAX_SHARDS}")
 
 
+def _exit_on_signal(signum, frame) -> None:
+  """SIGTERM (and SIGINT) end the build at once: the finally blocks stop the workers and
+  remove the shard being written; completed shards are kept for the next run to resume."""
+  del frame
+  signal.signal(signum, signal.SIG_DFL)   # a second signal kills outright
+  print(f"{signal.Signals(signum).name} received: stopping; rerun the same command to resume.",
+        file=sys.stderr, flush=True)
+  raise SystemExit(128 + signum)
+
+
 def main(argv) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, _exit_on_signal)
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {argv[1:]}")
   resize = FLAGS.resize.strip().lower()
@@ -844,7 +924,9 @@ def main(argv) -> None:
       host_index=FLAGS.host_index, num_hosts=FLAGS.num_hosts, overwrite=FLAGS.overwrite,
       progress=FLAGS.progress, test_shards=FLAGS.test_shards,
       validation_fraction=FLAGS.validation_fraction, test_labels_file=FLAGS.test_labels_file,
-      meta_file=FLAGS.meta_file, devkit_dir=FLAGS.devkit_dir, encoding=FLAGS.encoding)
+      meta_file=FLAGS.meta_file, devkit_dir=FLAGS.devkit_dir, encoding=FLAGS.encoding,
+      max_image_pixels=FLAGS.max_image_pixels, allow_empty_classes=FLAGS.allow_empty_classes,
+      follow_outside_links=FLAGS.follow_outside_links)
   try:
     if config.input is not None or not FLAGS.verify:
       info = build(config)
@@ -857,7 +939,7 @@ def main(argv) -> None:
       if problems:
         raise SystemExit(f"verify: {len(problems)} problems in {config.output_dir}")
       print(f"verify: every shard of {config.output_dir} is sound", file=sys.stderr)
-  except InputError as e:
+  except (InputError, safety.BuildError) as e:
     raise SystemExit(f"error: {e}") from None
 
 
@@ -906,6 +988,13 @@ def _define_flags() -> None:
   flags.DEFINE_string("meta_file", None, "ILSVRC-2010: the devkit's meta.mat (needs scipy) or "
                       "'ILSVRC2010_ID wnid [words]' lines (default: meta.mat/meta.txt found "
                       "under --input).")
+  flags.DEFINE_integer("max_image_pixels", image.MAX_IMAGE_PIXELS, "Images with more pixels "
+                       "(width x height, read from the header before decoding) are skipped "
+                       "and listed in skipped.txt: bounds each worker's memory.")
+  flags.DEFINE_bool("allow_empty_classes", False, "A class folder without images is only a "
+                    "warning (the class gets no images) instead of an error.")
+  flags.DEFINE_bool("follow_outside_links", False, "Follow symbolic links that lead outside "
+                    "--input (by default they are listed in skipped.txt, not followed).")
   flags.mark_flag_as_required("output_dir")
 
 

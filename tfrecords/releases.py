@@ -105,7 +105,8 @@ def find_source(path: str, layout: str = "auto", classes_file: Optional[str] = N
                 test_labels_file: Optional[str] = None, meta_file: Optional[str] = None,
                 validation_fraction: Optional[float] = None, seed: int = 0,
                 map_fn: Callable[[Callable, Iterable], Iterable] = map,
-                devkit_dir: Optional[str] = None) -> Source:
+                devkit_dir: Optional[str] = None, allow_empty_classes: bool = False,
+                follow_outside_links: bool = False) -> Source:
   """sources.find_source, with the fall2011 and ilsvrc2010 layouts and the hold-out."""
   if layout not in LAYOUTS:
     raise InputError(f"--layout={layout} is not one of {', '.join(LAYOUTS)}")
@@ -127,7 +128,9 @@ def find_source(path: str, layout: str = "auto", classes_file: Optional[str] = N
     if test_labels_file or meta_file or devkit_dir:
       raise InputError(f"--test_labels_file, --meta_file and --devkit_dir belong to the "
                        f"ilsvrc2010 layout; {path} is not one")
-    source = sources.find_source(path, layout, classes_file, validation_labels_file, map_fn)
+    source = sources.find_source(path, layout, classes_file, validation_labels_file, map_fn,
+                                 allow_empty_classes=allow_empty_classes,
+                                 follow_outside_links=follow_outside_links)
   if validation_fraction is not None:
     source = hold_out(source, validation_fraction, seed)
   return source

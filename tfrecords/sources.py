@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import gzip
 import io
+import logging as _std_logging
 import os
 import re
 import tarfile
@@ -168,22 +169,121 @@ def _validation_labels(filenames: list[str], labels_file: Optional[str], ilsvrc_
   return {name: class_index[w] for name, w in wnids.items()}
 
 
-def _scan_split_folder(folder: str) -> tuple[dict[str, list[str]], list[str]]:
-  """({class folder: [paths relative to `folder`]}, [files directly in `folder`])."""
+def _inside(path: str, root: str) -> bool:
+  return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _walk_class_folder(top: str, folder: str, root: str, follow_outside: bool, seen: set,
+                       rejected: list) -> list[str]:
+  """The files under `top` as paths relative to `folder`, in sorted order, each real file and
+  folder once.
+
+  Symbolic links are followed, but a folder already visited (a link cycle, or two links to one
+  folder: same st_dev and st_ino) is not entered again, a file already listed is not listed
+  again, and a link whose target is outside `root` (the input folder) is not followed unless
+  follow_outside; each refused link goes to `rejected` as (relative path, reason)."""
+  files = []
+  stack = [(top, os.stat(top).st_dev)]
+  while stack:
+    current, device = stack.pop()
+    prefix = os.path.relpath(current, folder).replace(os.sep, "/") + "/"
+    try:
+      entries = sorted(os.scandir(current), key=lambda e: e.name)
+    except OSError as e:
+      rejected.append((prefix[:-1], f"cannot list the folder: {e.strerror}"))
+      continue
+    subdirs, links = [], []
+    for entry in entries:   # the hot loop (ImageNet: 1.3 M files): plain files first, no stat
+      name = entry.name
+      if name[0] == "." or name == "__MACOSX":
+        continue
+      if entry.is_symlink():
+        links.append(entry)   # after the real entries: a file and a link to it list the file
+      elif entry.is_dir():
+        subdirs.append(entry)
+      else:
+        key = (device, entry.inode())   # a hard link to a listed file has the same inode
+        if key in seen:
+          rejected.append((prefix + name, _SEEN))
+        else:
+          seen.add(key)
+          files.append(prefix + name)
+    next_dirs = []
+    for entry in subdirs + links:
+      relative = prefix + entry.name
+      try:
+        if entry.is_symlink():
+          target = os.path.realpath(entry.path)
+          if not follow_outside and not _inside(target, root):
+            rejected.append((relative, f"symbolic link to {target}, outside the input folder "
+                                       f"{root} (pass --follow_outside_links to follow it)"))
+            continue
+        info = os.stat(entry.path)   # follows links
+      except OSError as e:
+        rejected.append((relative, f"cannot read: {e.strerror or e} (a broken link?)"))
+        continue
+      key = (info.st_dev, info.st_ino)
+      if key in seen:
+        rejected.append((relative, _SEEN))
+        continue
+      seen.add(key)
+      if entry.is_dir():
+        next_dirs.append((entry.path, info.st_dev))
+      else:
+        files.append(relative)
+    stack.extend(reversed(sorted(next_dirs)))   # depth first, in name order
+  return sorted(files)
+
+
+_SEEN = ("the same file or folder as one listed before (a link or hard link to it, or a link "
+         "cycle): listed once")
+
+
+def _scan_split_folder(folder: str, follow_outside: bool = False, rejected: list = None,
+                       root: str = None) -> tuple[dict[str, list[str]], list[str]]:
+  """({class folder: [paths relative to `folder`]}, [files directly in `folder`]).
+
+  Links out of `root` (default: the folder holding `folder`, i.e. --input) and repeated files
+  are left out and reported in `rejected` (see _walk_class_folder)."""
+  rejected = [] if rejected is None else rejected
+  root = os.path.realpath(root or os.path.dirname(os.path.abspath(folder)))
+  seen = {(s.st_dev, s.st_ino) for s in [os.stat(folder)]}
   classes, flat = {}, []
   for entry in sorted(os.scandir(folder), key=lambda e: e.name):
     if _hidden(entry.name):
       continue
+    if entry.is_symlink() and not follow_outside and not _inside(
+        os.path.realpath(entry.path), root):
+      rejected.append((entry.name, f"symbolic link to {os.path.realpath(entry.path)}, outside "
+                                   f"the input folder {root} (pass --follow_outside_links to "
+                                   "follow it)"))
+      continue
     if entry.is_dir():
-      files = []
-      for root, dirs, names in os.walk(entry.path, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not _hidden(d))
-        prefix = os.path.relpath(root, folder).replace(os.sep, "/")   # once per folder: slow
-        files.extend(f"{prefix}/{n}" for n in sorted(names) if not _hidden(n))
-      classes[entry.name] = files
+      key = (os.stat(entry.path).st_dev, os.stat(entry.path).st_ino)
+      if key in seen:
+        rejected.append((entry.name, "the same folder as one listed before: listed once"))
+        continue
+      seen.add(key)
+      classes[entry.name] = _walk_class_folder(entry.path, folder, root, follow_outside, seen,
+                                               rejected)
     elif entry.is_file():
       flat.append(entry.name)
   return classes, flat
+
+
+def _check_empty_classes(folder: str, class_files: dict, allow: bool) -> None:
+  """A class folder without images makes a class no image teaches: an error (or a warning)."""
+  empty = [c for c, files in class_files.items()
+           if not any(os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS for f in files)]
+  if not empty:
+    return
+  message = (f"{len(empty)} class folder(s) in {folder} hold no images "
+             f"({', '.join(IMAGE_EXTENSIONS)}), e.g. {os.path.join(folder, empty[0])}")
+  if not allow:
+    raise InputError(message + ". Add images, remove the folder, or pass "
+                     "--allow_empty_classes to build it as a class without images.")
+  _std_logging.getLogger("absl").warning("%s; built as classes without images "
+                                         "(--allow_empty_classes).", message)
 
 
 def _split_folders(path: str) -> dict[str, str]:
@@ -288,18 +388,22 @@ def _from_tars(path: str, classes, validation_labels_file, map_fn) -> tuple[dict
   return splits, rejected
 
 
-def _from_folders(path: str, layout: str, classes, validation_labels_file) -> tuple[dict, dict]:
+def _from_folders(path: str, layout: str, classes, validation_labels_file,
+                  allow_empty_classes: bool = False,
+                  follow_outside_links: bool = False) -> tuple[dict, dict]:
   index = _class_table(classes)
   splits, rejected = {}, {}
   for split, folder in _split_folders(path).items():
-    class_files, flat = _scan_split_folder(folder)
+    refused = []
+    class_files, flat = _scan_split_folder(folder, follow_outside_links, refused, path)
+    _check_empty_classes(folder, class_files, allow_empty_classes)
     unknown = sorted(set(class_files) - set(index))
     if unknown:
       raise InputError(
           f"{folder} has class folders not in the class list, e.g. {unknown[0]!r}"
           + (" (not an ILSVRC-2012 wnid: pass --layout=class_folders, or --classes_file)"
              if layout == "ilsvrc_folders" else " (pass a --classes_file that lists them)"))
-    items, rejected[split] = [], []
+    items, rejected[split] = [], list(refused)
 
     def add(relative: str, label: int) -> None:
       filename = os.path.basename(relative) if layout == "ilsvrc_folders" else relative
@@ -329,7 +433,9 @@ def _from_folders(path: str, layout: str, classes, validation_labels_file) -> tu
 
 def find_source(path: str, layout: str = "auto", classes_file: Optional[str] = None,
                 validation_labels_file: Optional[str] = None,
-                map_fn: Callable[[Callable, Iterable], Iterable] = map) -> Source:
+                map_fn: Callable[[Callable, Iterable], Iterable] = map,
+                allow_empty_classes: bool = False,
+                follow_outside_links: bool = False) -> Source:
   """Lists the labelled images under `path`.
 
   Args:
@@ -339,6 +445,8 @@ def find_source(path: str, layout: str = "auto", classes_file: Optional[str] = N
       class folders, naming them).
     validation_labels_file: labels for a flat validation folder (see _validation_labels).
     map_fn: a map over the inner tars of the training tar (e.g. a process pool's map).
+    allow_empty_classes: a class folder without images is a warning, not an InputError.
+    follow_outside_links: follow symbolic links whose targets are outside `path`.
 
   Raises:
     InputError: the path is missing, matches no layout, or has images without labels.
@@ -354,7 +462,7 @@ def find_source(path: str, layout: str = "auto", classes_file: Optional[str] = N
   if layout == "class_folders":
     found = set()
     for folder in _split_folders(path).values():
-      found.update(_scan_split_folder(folder)[0])
+      found.update(_scan_split_folder(folder, follow_outside_links, root=path)[0])
     if classes_file:
       classes = read_classes_file(classes_file)
     else:
@@ -367,7 +475,8 @@ def find_source(path: str, layout: str = "auto", classes_file: Optional[str] = N
   if layout == "ilsvrc_tars":
     splits, rejected = _from_tars(path, classes, validation_labels_file, map_fn)
   else:
-    splits, rejected = _from_folders(path, layout, classes, validation_labels_file)
+    splits, rejected = _from_folders(path, layout, classes, validation_labels_file,
+                                     allow_empty_classes, follow_outside_links)
 
   for split, items in splits.items():
     items.sort(key=lambda item: item.filename)
