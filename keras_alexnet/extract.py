@@ -157,7 +157,7 @@ class ExtractConfig:
   overwrite: bool = False
 
 
-def run(config: ExtractConfig) -> dict:
+def extract(config: ExtractConfig) -> dict:
   """Loads the run, extracts, writes config.output atomically; returns what extract_files
   returned plus "output"."""
   from keras_alexnet import checkpointing  # pylint: disable=g-import-not-at-top
@@ -194,7 +194,7 @@ def main(argv):
     config = ExtractConfig(workdir=f.workdir, layer=f.layer, paths=tuple(argv[1:]),
                            output=f.output, which=f.which, batch_size=f.batch_size,
                            progress=f.progress, overwrite=f.overwrite)
-    result = run(config)
+    result = extract(config)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   for path, reason in result["failed"]:

@@ -65,8 +65,12 @@ class WorkdirLock:
     self.workdir = workdir
     self.path = os.path.join(workdir, LOCK_FILE)
     self.held = False
+    self.made_workdir = False
 
   def acquire(self) -> None:
+    # A run refused by a later check (bad flags found while building the model) leaves no
+    # workdir behind: the one made here goes again on release if nothing else was put in it.
+    self.made_workdir = not os.path.exists(self.workdir)
     os.makedirs(self.workdir, exist_ok=True)
     for _ in range(3):
       if _create(self.path):
@@ -116,6 +120,11 @@ class WorkdirLock:
         "host") == socket.gethostname():
       os.remove(self.path)
     self.held = False
+    if self.made_workdir:
+      try:
+        os.rmdir(self.workdir)   # only if empty: never anything a run or a user wrote
+      except OSError:
+        pass
 
   def __enter__(self):
     self.acquire()

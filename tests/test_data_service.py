@@ -2,10 +2,11 @@
 started by the launcher, on 127.0.0.1, serving the input pipeline to this process."""
 
 import os
-import selectors
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -27,21 +28,37 @@ def launch(*args):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
 
 
-def wait_for_address(process):
-  """The address from the launcher's 'serving at HOST:PORT' line (bounded wait)."""
+def lines_until(process, marker: str) -> list:
+  """The process's output lines up to the first that holds `marker` (bounded wait; raises
+  AssertionError with what was seen). Lines are read by a thread: a selector on the pipe
+  misses lines that an earlier readline() already pulled into the file object's buffer (the
+  launcher prints its security warning just before its address)."""
+  lines = queue.Queue()
+
+  def read():
+    for line in process.stdout:
+      lines.put(line)
+    lines.put(None)
+
+  threading.Thread(target=read, daemon=True).start()
   deadline = time.monotonic() + START_TIMEOUT_S
-  selector = selectors.DefaultSelector()
-  selector.register(process.stdout, selectors.EVENT_READ)
   seen = []
   while time.monotonic() < deadline:
-    if selector.select(timeout=1):
-      line = process.stdout.readline()
-      if not line and process.poll() is not None:
-        break
-      seen.append(line)
-      if "serving at" in line:
-        return line.rsplit(" ", 1)[-1].strip()
-  raise AssertionError(f"server did not start: {''.join(seen)[-2000:]}")
+    try:
+      line = lines.get(timeout=1)
+    except queue.Empty:
+      continue
+    if line is None:
+      break
+    seen.append(line)
+    if marker in line:
+      return seen
+  raise AssertionError(f"no {marker!r} line: {''.join(seen)[-2000:]}")
+
+
+def wait_for_address(process):
+  """The address from the launcher's 'serving at HOST:PORT' line."""
+  return lines_until(process, "serving at")[-1].rsplit(" ", 1)[-1].strip()
 
 
 @pytest.fixture

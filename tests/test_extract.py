@@ -93,10 +93,10 @@ def test_bad_layer_is_refused_before_anything_is_written(run, tmp_path):
   # An existing output is the user's: replaced only with --overwrite.
   out.write_bytes(b"mine")
   with pytest.raises(ValueError, match=r"features.npz exists; pass --overwrite"):
-    extract.run(extract.ExtractConfig(workdir=run, layer="pool2", paths=(str(tmp_path),),
+    extract.extract(extract.ExtractConfig(workdir=run, layer="pool2", paths=(str(tmp_path),),
                                       output=str(out)))
   assert out.read_bytes() == b"mine"
-  extract.run(extract.ExtractConfig(workdir=run, layer="pool2", paths=(str(tmp_path),),
+  extract.extract(extract.ExtractConfig(workdir=run, layer="pool2", paths=(str(tmp_path),),
                                     output=str(out), overwrite=True, progress=False))
   with np.load(out) as z:
     assert z["features"].shape == (1, 16)

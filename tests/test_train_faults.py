@@ -19,7 +19,7 @@ from keras_alexnet import dataset_info
 from keras_alexnet import features
 from keras_alexnet import workdir_lock
 import tiny_data
-from test_data_service import launch, wait_for_address
+from test_data_service import launch, lines_until, wait_for_address
 
 ROOT = tiny_data.REPO
 TIMEOUT = 240   # Seconds any one trainer may take on a busy machine.
@@ -259,18 +259,9 @@ def test_a_full_disk_under_the_workdir_names_it_and_the_run_goes_on_after(data_d
 
 
 def test_the_service_launcher_warns_that_it_listens_everywhere_without_auth():
-  import selectors  # pylint: disable=g-import-not-at-top
   process = launch("--role=dispatcher", f"--port={_free_port()}")
   try:
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    seen, deadline = [], time.monotonic() + 120
-    while time.monotonic() < deadline and not any("serving at" in s for s in seen):
-      if selector.select(timeout=1):
-        line = process.stdout.readline()
-        if not line:
-          break
-        seen.append(line)
+    seen = lines_until(process, "serving at")
     text = "".join(seen)
     assert "serving at" in text, text
     assert "EVERY network interface" in text and "no authentication" in text, text
