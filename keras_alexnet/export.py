@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import preprocessing
+from keras_alexnet import workdir_lock
 from keras_alexnet.model import IMAGE_SIZE
 
 SERVING_SIGNATURE = "serving_default"
@@ -516,22 +517,12 @@ def clean_killed_exports(export_base: str) -> List[str]:
       host, pid = holder["host"], int(holder["pid"])
     except (OSError, ValueError, KeyError, TypeError):
       continue   # not one of ours (or still being created): left alone
-    if host != socket.gethostname() or _pid_alive(pid):
+    if host != socket.gethostname() or workdir_lock.pid_alive(pid):
       continue
     logging.warning("Removing %s, left by an export (pid %d) that was killed.", path, pid)
     shutil.rmtree(path, ignore_errors=True)
     removed.append(path)
   return removed
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
 
 
 @dataclasses.dataclass(frozen=True)

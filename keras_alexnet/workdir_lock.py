@@ -25,12 +25,14 @@ class WorkdirLocked(RuntimeError):
   """Another live process holds the workdir; the message names it."""
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+  """Whether process `pid` of this host lives (the one check behind every stale-file rule:
+  the lock here, the export's and the builder's temporaries)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
-  except PermissionError:
+  except PermissionError:   # someone else's live process
     return True
   return True
 
@@ -90,7 +92,7 @@ class WorkdirLock:
       if here and isinstance(pid, int) and pid == os.getpid():
         self.held = True   # Ours already (a second train_and_evaluate in this process).
         return
-      if not here or not isinstance(pid, int) or _alive(pid):
+      if not here or not isinstance(pid, int) or pid_alive(pid):
         raise WorkdirLocked(
             f"{self.workdir} is in use by another trainer: {self.path} is held by pid {pid} on "
             f"host {holder.get('host')!r} since {holder.get('started')}. Wait for it to end, "

@@ -21,6 +21,8 @@ from typing import Callable, Iterable, Optional
 
 from absl import logging
 
+from keras_alexnet import workdir_lock
+
 from .sources import InputError
 
 # .build/.tmp-train-00003-of-01024.HOST-PID: a shard being written by process PID on HOST.
@@ -38,16 +40,6 @@ def temp_name(shard: str) -> str:
   return f".tmp-{shard}.{socket.gethostname()}-{os.getpid()}"
 
 
-def pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:   # Someone else's live process.
-    return True
-  return True
-
-
 def stale_temps(state_dir: str) -> list[str]:
   """Names in state_dir that are shard temporaries of dead processes of this host."""
   if not os.path.isdir(state_dir):
@@ -56,7 +48,7 @@ def stale_temps(state_dir: str) -> list[str]:
   found = []
   for name in sorted(os.listdir(state_dir)):
     match = _TEMP_RE.fullmatch(name)
-    if (match and match["host"] == host and not pid_alive(int(match["pid"]))
+    if (match and match["host"] == host and not workdir_lock.pid_alive(int(match["pid"]))
         and is_regular(os.path.join(state_dir, name))):
       found.append(name)
   return found
