@@ -30,6 +30,7 @@ export checks its own graph.
 import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -66,6 +67,7 @@ _TMP_PREFIX = ".tmp-export-"
 # folder of a process that is gone is the leftover of a killed export, and only such folders
 # are cleaned (never a .tmp-export-* folder someone else made).
 _TMP_MARKER = ".keras_alexnet_export_in_progress"
+_TMP_NAME = re.compile(re.escape(_TMP_PREFIX) + r"(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]{8}")
 # In every version: the files the export wrote, so --overwrite removes exactly those.
 FILES_FILENAME = "keras_alexnet_files.json"
 
@@ -108,7 +110,10 @@ def export_saved_model(model: keras.Model, metadata: Dict[str, Any],
                        max_pixels=max_image_pixels))
   os.makedirs(export_base, exist_ok=True)
   clean_killed_exports(export_base)
-  tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=export_base)
+  # The name carries host and pid too: an export killed before its marker is written leaves an
+  # empty folder that clean_killed_exports still knows as its own.
+  tmp = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-",
+                         dir=export_base)
   try:
     with open(os.path.join(tmp, _TMP_MARKER), "w") as f:
       json.dump({"host": socket.gethostname(), "pid": os.getpid()}, f)
@@ -516,7 +521,12 @@ def clean_killed_exports(export_base: str) -> List[str]:
         holder = json.load(f)
       host, pid = holder["host"], int(holder["pid"])
     except (OSError, ValueError, KeyError, TypeError):
-      continue   # not one of ours (or still being created): left alone
+      # No marker: ours only if killed between making the folder and writing the marker, so
+      # empty, and named for this host and a pid (mkdtemp adds 8 characters).
+      named = _TMP_NAME.fullmatch(name)
+      if not named or os.listdir(path):
+        continue   # not one of ours (or still being created): left alone
+      host, pid = named["host"], int(named["pid"])
     if host != socket.gethostname() or workdir_lock.pid_alive(pid):
       continue
     logging.warning("Removing %s, left by an export (pid %d) that was killed.", path, pid)

@@ -6,6 +6,7 @@ temporary folder cleaned (and nobody else's), --overwrite removing only what an 
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -130,6 +131,23 @@ def test_a_killed_exports_folder_is_cleaned_and_no_one_elses(tmp_path):
   assert f"Removing {base / left[0]}, left by an export" in result.stderr
   assert sorted(os.listdir(base)) == [".tmp-export-mine", "1"]
   assert (base / ".tmp-export-mine" / "notes.txt").read_text() == "mine"
+
+
+def test_an_export_killed_before_its_marker_is_still_known_as_its_own(tmp_path):
+  # Killed between making its folder and writing the marker: an empty folder whose name holds
+  # this host and the dead pid. A user's empty folder, or one of a live pid, stays.
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  host = socket.gethostname()
+  ours = tmp_path / f".tmp-export-{host}-{dead.pid}-abcd1234"
+  live = tmp_path / f".tmp-export-{host}-{os.getpid()}-abcd1234"
+  theirs = tmp_path / ".tmp-export-mine"
+  full = tmp_path / f".tmp-export-{host}-{dead.pid}-zzzz9999"
+  for folder in (ours, live, theirs, full):
+    folder.mkdir()
+  (full / "notes.txt").write_text("not empty: not ours to judge by name")
+  assert export.clean_killed_exports(str(tmp_path)) == [str(ours)]
+  assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (live, theirs, full))
 
 
 def test_overwrite_removes_only_the_files_the_export_wrote(tmp_path):
