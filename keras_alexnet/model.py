@@ -27,6 +27,8 @@ from typing import Optional, Tuple
 import keras
 import tensorflow as tf
 
+from keras_alexnet import distribute
+
 IMAGE_SIZE = 224  # Section 2: "random 224x224 patches" of the 256x256 images.
 NUM_CLASSES = 1000
 
@@ -149,12 +151,11 @@ def _check_config(config: ModelConfig, include_top: bool = True):
       bad("devices (the two-tower split)", config.devices, "None for variant 'one_tower'")
     if len(config.devices) != 2 or config.devices[0] == config.devices[1]:
       bad("devices", config.devices, "two distinct device names, e.g. ('/gpu:0', '/gpu:1')")
-    known = {_device_key(d.name) for d in tf.config.list_logical_devices()}
-    missing = [d for d in config.devices if _device_key(d) not in known]
+    missing = distribute.missing_devices(config.devices)
     if missing:
       raise ValueError(
           f"The two-tower split needs two devices; {missing} not found among "
-          f"{sorted(d.name for d in tf.config.list_logical_devices())}. On a CPU-only machine, "
+          f"{distribute.logical_device_names()}. On a CPU-only machine, "
           "split the CPU with tf.config.set_logical_device_configuration before building.")
 
 
@@ -188,12 +189,6 @@ def _per_tower(fn, inputs, devices):
   with tf.device(devices[1]):
     b = fn(inputs[..., half:])
   return tf.concat([a, b], axis=-1)
-
-
-def _device_key(name):
-  """('CPU', 0) for '/cpu:0', '/device:CPU:0' and '/job:localhost/.../device:CPU:0'."""
-  spec = tf.DeviceSpec.from_string(name)
-  return (spec.device_type or "").upper(), spec.device_index or 0
 
 
 def _lrn(x, depth_radius, bias, alpha, beta):

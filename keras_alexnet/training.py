@@ -31,6 +31,7 @@ from keras_alexnet import bounded_input
 from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
 from keras_alexnet import dataset as dataset_lib
+from keras_alexnet import distribute
 from keras_alexnet import optimizer as optimizer_lib
 from keras_alexnet import preprocessing
 from keras_alexnet import workdir_lock
@@ -60,19 +61,11 @@ class Stopped(Exception):
 # Devices and strategies.
 
 
-def _device_key(name):
-  """'/job:localhost/replica:0/task:0/device:GPU:0', '/device:GPU:0', '/gpu:0' -> '/gpu:0'."""
-  name = name.lower()
-  name = name[name.index("/device:"):] if "/device:" in name else name
-  return name.replace("/device:", "/")
-
-
 def _check_devices(devices):
-  known = {_device_key(d.name) for d in tf.config.list_logical_devices()}
-  missing = [d for d in devices if _device_key(d) not in known]
+  missing = distribute.missing_devices(devices)
   if missing:
     raise ValueError(f"--devices {missing} not found; this machine has "
-                     f"{sorted(d.name for d in tf.config.list_logical_devices())}.")
+                     f"{distribute.logical_device_names()}.")
 
 
 def auto_strategy(gpus, cpus, devices=(), paper_net=True) -> tuple:

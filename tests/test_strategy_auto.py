@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
+from keras_alexnet import distribute
 from keras_alexnet import training
 import tiny_data
 from test_training import _config  # pylint: disable=g-bad-import-order
@@ -44,7 +45,7 @@ def test_auto_on_two_logical_cpu_devices_is_two_tower_and_says_so(caplog):
   with caplog.at_level(logging.INFO, logger="absl"):
     strategy, towers = training.make_strategy(config_lib.TrainConfig(strategy="auto"))
   assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
-  assert [training._device_key(d) for d in towers] == ["/cpu:0", "/cpu:1"]
+  assert [distribute.device_key(d) for d in towers] == ["/cpu:0", "/cpu:1"]
   line = next(r.getMessage() for r in caplog.records if "--strategy=auto" in r.getMessage())
   assert line.startswith("--strategy=auto chose two_tower: this machine has no GPU and 2 "
                          "logical CPU devices"), line
