@@ -16,43 +16,19 @@ Figures are medians over timed repetitions after warm-up.
 
 import dataclasses
 import statistics
-import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional
 
 from absl import app
 from absl import flags
 import keras
 import tensorflow as tf
 
+from keras_alexnet import bench
 from keras_alexnet import model as model_lib
 from keras_alexnet import optimizer as optimizer_lib
 
 MATMUL_SIZE = 2048  # Large enough for the BLAS kernel to run at its peak on a CPU core.
 TRAIN_FLOPS_FACTOR = 3  # Backward costs about twice the forward (input and weight grads).
-
-
-@dataclasses.dataclass
-class Row:
-  name: str
-  images_per_second: float
-  bound_name: str = ""
-  ratio: Optional[float] = None
-  detail: str = ""
-
-
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-  """Median wall time of fn() over `repeats` calls after `warmup` untimed ones.
-
-  fn must block until its work is done (e.g. return a numpy value).
-  """
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def matmul_gflops(device: Optional[str] = None, size: int = MATMUL_SIZE,
@@ -70,7 +46,7 @@ def matmul_gflops(device: Optional[str] = None, size: int = MATMUL_SIZE,
         x = tf.matmul(x, b) * 1e-3
       return tf.reduce_sum(x)
 
-    seconds = median_seconds(lambda: chain().numpy(), repeats)
+    seconds = bench.median_seconds(lambda: chain().numpy(), repeats)
   return 4 * 2 * size ** 3 / seconds / 1e9
 
 
@@ -119,7 +95,7 @@ def train_step_rate(batch_size: int, precision: str = "float32", xla: bool = Fal
       step().numpy()
     for _ in range(steps):
       bounds.append(bound())
-      seconds.append(median_seconds(lambda: step().numpy(), 1, warmup=0))
+      seconds.append(bench.median_seconds(lambda: step().numpy(), 1, warmup=0))
   finally:
     keras.config.set_dtype_policy(previous)
   ratios = [flops / s / 1e9 / b for s, b in zip(seconds, bounds)]
@@ -128,35 +104,7 @@ def train_step_rate(batch_size: int, precision: str = "float32", xla: bool = Fal
                   statistics.median(ratios), statistics.median(bounds))
 
 
-def print_table(rows: Sequence[Row], machine: str) -> None:
-  print(f"\nkeras_alexnet benchmark on {machine}")
-  header = f"{'part':<44} {'img/s':>9}  {'ratio':>6}  bound / detail"
-  print(header)
-  print("-" * len(header))
-  for row in rows:
-    ratio = f"{row.ratio:6.2f}" if row.ratio is not None else "     -"
-    print(f"{row.name:<44} {row.images_per_second:9.1f}  {ratio}  "
-          f"{row.bound_name} {row.detail}".rstrip())
-
-
-def machine_description() -> str:
-  import os
-  import platform
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
-  gpus = tf.config.list_physical_devices("GPU")
-  return (f"{cpu}, {os.cpu_count()} cores, {len(gpus)} GPU(s), TF {tf.__version__}, "
-          f"Keras {keras.__version__}")
-
-
-def saved_model_rows(matmul: float, repeats: int) -> List[Row]:
+def saved_model_rows(matmul: float, repeats: int) -> List[bench.Row]:
   """The paper net (random weights, 1000 classes) exported as for TF Serving, then served:
   batch-1 latency and batch-64 throughput, JPEG bytes in and preprocessed crops in."""
   import tempfile
@@ -183,7 +131,7 @@ def saved_model_rows(matmul: float, repeats: int) -> List[Row]:
     if bytes_in:
       model_alone = alone[f["batch_size"]]["images_per_second"]
       detail += f"; {f['images_per_second'] / model_alone:.2f} x the model alone"
-    rows.append(Row(f"SavedModel {'JPEG bytes' if bytes_in else 'preprocessed'}, "
+    rows.append(bench.Row(f"SavedModel {'JPEG bytes' if bytes_in else 'preprocessed'}, "
                     f"batch {f['batch_size']}", f["images_per_second"], "matmul",
                     gflops / matmul, detail))
   return rows
@@ -231,13 +179,13 @@ def main(argv: List[str]) -> None:
   if FLAGS.batch_size < 1 or FLAGS.steps < 1:
     raise app.UsageError("--batch_size and --steps must be >= 1.")
   matmul = matmul_gflops()
-  rows = [Row(f"float32 matmul {MATMUL_SIZE}x{MATMUL_SIZE}", float("nan"),
+  rows = [bench.Row(f"float32 matmul {MATMUL_SIZE}x{MATMUL_SIZE}", float("nan"),
               detail=f"{matmul:.1f} GFLOP/s (the compute bound)")]
   if "train" in FLAGS.parts:
     for precision in FLAGS.precisions:
       for xla in FLAGS.xla:
         r = train_step_rate(FLAGS.batch_size, precision, xla == "on", FLAGS.steps)
-        rows.append(Row(f"train step {precision}, XLA {xla}, batch {FLAGS.batch_size}",
+        rows.append(bench.Row(f"train step {precision}, XLA {xla}, batch {FLAGS.batch_size}",
                         r.images_per_second, "matmul", r.ratio,
                         f"{r.gflops:.1f} GFLOP/s; ratio to the bound measured before each "
                         f"step (median {r.bound_gflops:.1f})"))
@@ -247,7 +195,7 @@ def main(argv: List[str]) -> None:
                                     repeats=FLAGS.pipeline_repeats)
   if "saved_model" in FLAGS.parts:
     rows += saved_model_rows(matmul, FLAGS.steps)
-  print_table(rows, machine_description())
+  bench.print_table(rows, bench.machine_description())
   if "variants" in FLAGS.parts:
     print()
     print(variant_rows())

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import dataset_info
+from keras_alexnet import files
 from keras_alexnet import model as model_lib
 from keras_alexnet import preprocessing
 
@@ -130,10 +130,6 @@ def read_json(path: str, what: str):
 # Run metadata.
 
 
-def write_json_atomic(path: str, obj) -> None:
-  dataset_info.write_json_atomic(path, obj)
-
-
 def read_metadata(workdir: str) -> dict:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
@@ -144,17 +140,12 @@ def read_metadata(workdir: str) -> dict:
   return metadata
 
 
-def write_text_atomic(path: str, text: str) -> None:
-  dataset_info.write_atomic(path, lambda f: f.write(text.encode("utf-8")))
-
-
 def save_statistics(workdir: str, stats: preprocessing.Statistics) -> None:
   arrays = dict(mean_rgb=stats.mean_rgb, eigenvalues=stats.eigenvalues,
                 eigenvectors=stats.eigenvectors, source=np.array(stats.source))
   if stats.mean_image is not None:
     arrays["mean_image"] = stats.mean_image
-  dataset_info.write_atomic(os.path.join(workdir, STATISTICS_FILE),
-                            lambda f: np.savez(f, **arrays))
+  files.write_npz(os.path.join(workdir, STATISTICS_FILE), arrays)
 
 
 def load_statistics(workdir: str) -> preprocessing.Statistics:
@@ -294,7 +285,7 @@ class CheckpointStore:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if best is not None:
-      write_json_atomic(os.path.join(self.directory, BEST_FILE), {"step": step, **best})
+      files.write_json(os.path.join(self.directory, BEST_FILE), {"step": step, **best})
     self._prune()
     return final
 

@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 from absl import flags
 
 from keras_alexnet import dataset as dataset_lib
+from keras_alexnet import errors
 from keras_alexnet import model as model_lib
 from keras_alexnet import optimizer as optimizer_lib
 from keras_alexnet import preprocessing
@@ -94,7 +95,7 @@ def check_train_config(config: Config) -> None:
   t = config.train
 
   def bad(what, got, allowed):
-    raise ValueError(f"--{what} must be {allowed}; received {got!r}.")
+    raise errors.invalid(f"--{what}", got, allowed)
   if t.strategy not in STRATEGIES:
     bad("strategy", t.strategy, f"one of {STRATEGIES}")
   if t.precision not in PRECISIONS:

@@ -40,6 +40,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from keras_alexnet import files
+
 FORMATS = ("caffe", "npy", "torchvision", "onnx")
 # BVLC model zoo, models/bvlc_alexnet/readme.md: "sha1: 9116a64c0fbe4459d18f4bb6b56d647b63920377".
 BVLC_ALEXNET_SHA1 = "9116a64c0fbe4459d18f4bb6b56d647b63920377"
@@ -740,7 +742,7 @@ def convert(input_path: str, workdir: str, format: str = "auto",  # pylint: disa
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".tmp-convert-{os.path.basename(workdir)}-", dir=parent)
   try:
-    checkpointing.write_json_atomic(os.path.join(tmp, checkpointing.CONFIG_FILE), metadata)
+    files.write_json(os.path.join(tmp, checkpointing.CONFIG_FILE), metadata)
     checkpointing.save_statistics(tmp, stats)
     checkpoint = tf.train.Checkpoint(model=checkpointing.checkpointed_variables(model))
     # best.json names the one checkpoint, so loaders need not warn about "no validation yet".

@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from keras_alexnet import data as ilsvrc
 from keras_alexnet import dataset_info
+from keras_alexnet import errors
 from keras_alexnet import features
 from keras_alexnet import preprocessing
 
@@ -103,7 +104,7 @@ class _Source:
 
 def _check_config(config: DataConfig):
   def bad(what, got, allowed):
-    raise ValueError(f"DataConfig.{what} must be {allowed}; received {got!r}.")
+    raise errors.invalid(f"DataConfig.{what}", got, allowed)
   if config.format not in ("auto",) + FORMATS:
     bad("format", config.format, f"'auto' or one of {FORMATS}")
   if config.shuffle_buffer < 1:

@@ -22,48 +22,12 @@ and by export (the label map). Pixel statistics are on the 0..255 scale of uint8
 
 import json
 import os
-import tempfile
-from typing import BinaryIO, Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 FILENAME = "dataset_info.json"
 MEAN_IMAGE_FILENAME = "mean_image.npy"
-
-
-def _umask_mode() -> int:
-  """The mode a plain open() would give a new file (mkstemp makes them owner-only)."""
-  umask = os.umask(0)
-  os.umask(umask)
-  return 0o666 & ~umask
-
-
-def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
-  """Calls write(file) on a temp file beside `path`, then renames it over `path`.
-
-  The one way this project writes a file a user keeps: a reader never sees half a file, and
-  a crash leaves at most a hidden .tmp-* file, never a truncated one under the final name.
-  """
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.chmod(tmp, _umask_mode())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def write_json_atomic(path: str, obj) -> None:
-  text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-  write_atomic(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def write_npy_atomic(path: str, array: np.ndarray) -> None:
-  write_atomic(path, lambda f: np.save(f, array))
 
 
 def read(data_dir: str) -> Optional[dict]:

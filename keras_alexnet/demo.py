@@ -40,6 +40,7 @@ import numpy as np
 from keras_alexnet import cli
 from keras_alexnet import dataset_info
 from keras_alexnet import demo_data
+from keras_alexnet import files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FLAGFILE = "flags/demo.cfg"   # a path, or the shipped recipe (keras_alexnet.cli)
@@ -209,7 +210,7 @@ def _write_grid_png(kernels, path: str) -> None:
   image = Image.fromarray(np.clip(np.rint(grid * 255), 0, 255).astype(np.uint8), "RGB")
   png = io.BytesIO()
   image.save(png, "PNG")
-  dataset_info.write_atomic(path, lambda f: f.write(png.getvalue()))
+  files.write_atomic(path, lambda f: f.write(png.getvalue()))
 
 
 def _format_predictions(predictions: list, truth: dict) -> tuple:
@@ -360,7 +361,7 @@ def run_demo(config: DemoConfig) -> dict:
       "heldout_correct": correct, "heldout": len(predictions),
       "load_average": os.getloadavg(),
   })
-  dataset_info.write_json_atomic(paths["summary"], summary)
+  files.write_json(paths["summary"], summary)
   minutes, seconds = divmod(int(summary["seconds"]), 60)
   print(f"\nDemo done in {minutes}:{seconds:02d} ({', '.join(summary['reused']) or 'nothing'} "
         f"reused): top-1 accuracy {100 * summary['top1_accuracy']['ten']:.1f}% with the 10 "

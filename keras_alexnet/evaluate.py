@@ -25,6 +25,7 @@ from absl import logging
 import numpy as np
 
 from keras_alexnet import config as config_lib
+from keras_alexnet import files
 
 # Section 6, Table 2 (ILSVRC-2012 validation; * = pre-trained on the Fall 2011 release, with a
 # sixth conv layer: flags/pretrain_fall2011.cfg, flags/finetune_fall2011_to_2012.cfg).
@@ -174,7 +175,7 @@ def evaluate(config: config_lib.EvalConfig) -> dict:
   output = config.output or os.path.join(
       members[0]["metadata"]["workdir"] if config.workdirs
       else os.path.dirname(members[0]["metadata"]["checkpoint"]), RESULTS_FILE)
-  checkpointing.write_json_atomic(output, results)
+  files.write_json(output, results)
   results["output"] = output
   return results
 

@@ -34,7 +34,6 @@ import re
 import shutil
 import socket
 import sys
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
@@ -42,6 +41,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet import files
 from keras_alexnet import preprocessing
 from keras_alexnet import workdir_lock
 from keras_alexnet.model import IMAGE_SIZE
@@ -112,14 +112,12 @@ def export_saved_model(model: keras.Model, metadata: Dict[str, Any],
   clean_killed_exports(export_base)
   # The name carries host and pid too: an export killed before its marker is written leaves an
   # empty folder that clean_killed_exports still knows as its own.
-  tmp = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-",
-                         dir=export_base)
+  # mkdtemp's 0700 is widened to the umask's mode: the server often runs as another user (a
+  # container's).
+  tmp = files.make_temp_dir(export_base, f"{_TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-")
   try:
     with open(os.path.join(tmp, _TMP_MARKER), "w") as f:
       json.dump({"host": socket.gethostname(), "pid": os.getpid()}, f)
-    # mkdtemp makes the folder 0700; the server often runs as another user (a container's),
-    # so the version gets the permissions any new folder gets under the umask.
-    os.chmod(tmp, 0o777 & ~_umask())
     tf.saved_model.save(module, tmp, signatures=signatures)
     xla = xla_must_compile_functions(tmp)
     if xla:
@@ -389,12 +387,6 @@ def _jsonable(value):
   if isinstance(value, np.generic):
     return value.item()
   return str(value)
-
-
-def _umask() -> int:
-  mask = os.umask(0o022)
-  os.umask(mask)
-  return mask
 
 
 def _check_version_free(export_base: str, version: Optional[int], overwrite: bool):

@@ -25,6 +25,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet import files
+
 EXIT_FAILED_IMAGES = 1
 
 
@@ -161,7 +163,6 @@ def extract(config: ExtractConfig) -> dict:
   """Loads the run, extracts, writes config.output atomically; returns what extract_files
   returned plus "output"."""
   from keras_alexnet import checkpointing  # pylint: disable=g-import-not-at-top
-  from keras_alexnet import dataset_info  # pylint: disable=g-import-not-at-top
   from keras_alexnet import predict  # pylint: disable=g-import-not-at-top
   if not config.paths:
     raise ValueError("name the images: python -m keras_alexnet.extract --workdir=DIR "
@@ -183,7 +184,7 @@ def extract(config: ExtractConfig) -> dict:
                 failed=np.array([f for f, _ in failed], dtype=str),
                 failed_reasons=np.array([r for _, r in failed], dtype=str))
   os.makedirs(os.path.dirname(os.path.abspath(config.output)), exist_ok=True)
-  dataset_info.write_atomic(config.output, lambda f: np.savez(f, **arrays))
+  files.write_atomic(config.output, lambda f: np.savez(f, **arrays))
   return {**result, "output": config.output}
 
 

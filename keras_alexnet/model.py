@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from keras_alexnet import distribute
+from keras_alexnet import errors
 
 IMAGE_SIZE = 224  # Section 2: "random 224x224 patches" of the 256x256 images.
 NUM_CLASSES = 1000
@@ -96,7 +97,7 @@ class ModelConfig:
 
 def _check_config(config: ModelConfig, include_top: bool = True):
   def bad(what, got, allowed):
-    raise ValueError(f"{what} must be {allowed}; received {got!r}.")
+    raise errors.invalid(what, got, allowed)
   if config.variant not in VARIANTS:
     bad("variant", config.variant, f"one of {VARIANTS}")
   if isinstance(config.num_classes, bool) or not isinstance(config.num_classes, int) or config.num_classes < 2:

@@ -31,10 +31,11 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet import bench
 from keras_alexnet import dataset
-from keras_alexnet.benchmark import Row
 from keras_alexnet import dataset_info
 from keras_alexnet import features
+from keras_alexnet import files
 from keras_alexnet import preprocessing
 
 JPEG_QUALITY = 95   # tfrecords.build's default; sets how hard decoding is.
@@ -79,7 +80,7 @@ def write_records(data_dir: str, num_images: int, num_shards: int = 16, seed: in
         writer.write(features.make_example(encoded, label=i % 1000, synset="n0", text="",
                                            filename=f"{i}.JPEG", height=256, width=256,
                                            image_format=image_format))
-  dataset_info.write_json_atomic(os.path.join(data_dir, dataset_info.FILENAME), {
+  files.write_json(os.path.join(data_dir, dataset_info.FILENAME), {
       "format": "keras_alexnet", "label_offset": 0, "image_size": preprocessing.STORED_SIZE,
       "num_classes": 1000, "classes": None, "encoding": encoding,
       "splits": {"train": {"num_examples": num_images, "num_shards": num_shards}}})
@@ -100,16 +101,6 @@ def evict_from_page_cache(data_dir: str) -> None:
     with open(path, "rb") as f:
       os.fsync(f.fileno())   # dirty pages are not dropped
       os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-
-
-def _median_rate(run, images, repeats):
-  run()   # warm-up: tracing, thread pools, page cache
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - start)
-  return images / statistics.median(times)
 
 
 def _timed(iterable):
@@ -250,7 +241,7 @@ def augment_rate(batch_size: int, jit_compile: bool, repeats: int = 5,
     return tf.reduce_sum(preprocessing.augment(images, stats, config, seed=tf.stack([
         tf.constant(0, tf.int64), step])))
 
-  return _median_rate(lambda: augment().numpy(), batch_size, repeats)
+  return batch_size / bench.median_seconds(lambda: augment().numpy(), repeats)
 
 
 def map_fn_crop_rate(batch_size: int, repeats: int = 5) -> float:
@@ -273,11 +264,11 @@ def map_fn_crop_rate(batch_size: int, repeats: int = 5) -> float:
     return tf.reduce_sum(tf.map_fn(one, (images, offsets, mirror),
                                    fn_output_signature=tf.float32))
 
-  return _median_rate(lambda: crop().numpy(), batch_size, repeats)
+  return batch_size / bench.median_seconds(lambda: crop().numpy(), repeats)
 
 
 def rows(num_images: int = 2048, batch_size: int = 128, data_dir: Optional[str] = None,
-         augment_batch_size: int = 128, repeats: int = 5) -> List[Row]:
+         augment_batch_size: int = 128, repeats: int = 5) -> List[bench.Row]:
   """Every figure of this benchmark, measured now, in this process. data_dir: existing
   shards to measure the CPU pipeline on (e.g. real ImageNet) instead of generated ones; their
   raw copy for the decode-free rows is written to a temporary folder."""
@@ -306,23 +297,23 @@ def rows(num_images: int = 2048, batch_size: int = 128, data_dir: Optional[str] 
     return f"ratio per core {r[f'{a}/{b}']['per_core']:.2f}"
 
   result = [
-      Row("decode_jpeg alone (bound)", cpu.bound, detail=detail("bound", f"{n} cores")),
-      Row("cpu pipeline -> uint8 batches", cpu.pipeline, "decode_jpeg alone", cpu.ratio,
+      bench.Row("decode_jpeg alone (bound)", cpu.bound, detail=detail("bound", f"{n} cores")),
+      bench.Row("cpu pipeline -> uint8 batches", cpu.pipeline, "decode_jpeg alone", cpu.ratio,
           detail("jpeg", f"{vs('jpeg', 'bound')}; batch {batch_size}; epoch setup "
                          f"{setup * 1000:.0f} ms")),
-      Row(f"PIL loader ({n} processes)", p["pil"]["rate"], detail=detail(
+      bench.Row(f"PIL loader ({n} processes)", p["pil"]["rate"], detail=detail(
           "pil", "open+decode into shared-memory batches, 2 in flight per worker")),
-      Row("cpu pipeline vs PIL loader", cpu.pipeline, "PIL loader", r["jpeg/pil"]["rate"],
+      bench.Row("cpu pipeline vs PIL loader", cpu.pipeline, "PIL loader", r["jpeg/pil"]["rate"],
           vs("jpeg", "pil")),
-      Row("raw pipeline -> uint8 batches", p["raw"]["rate"], "cpu pipeline (JPEG)",
+      bench.Row("raw pipeline -> uint8 batches", p["raw"]["rate"], "cpu pipeline (JPEG)",
           r["raw/jpeg"]["rate"], detail("raw", vs("raw", "jpeg") + "; page cache")),
-      Row("raw pipeline, cold page cache", cpu.cold["rate"], "raw, page cache",
+      bench.Row("raw pipeline, cold page cache", cpu.cold["rate"], "raw, page cache",
           cpu.cold["rate"] / p["raw"]["rate"],
           f"{cpu.cold['per_core']:.0f} img per CPU-s; one pass after posix_fadvise DONTNEED"),
-      Row("option decode_crop (224 window)", p["jpeg_decode_crop"]["rate"],
+      bench.Row("option decode_crop (224 window)", p["jpeg_decode_crop"]["rate"],
           "cpu pipeline (JPEG)", r["jpeg_decode_crop/jpeg"]["rate"],
           detail("jpeg_decode_crop", vs("jpeg_decode_crop", "jpeg"))),
-      Row("dct_method=INTEGER_ACCURATE", p["jpeg_integer_accurate"]["rate"],
+      bench.Row("dct_method=INTEGER_ACCURATE", p["jpeg_integer_accurate"]["rate"],
           "cpu pipeline (JPEG)", r["jpeg_integer_accurate/jpeg"]["rate"],
           detail("jpeg_integer_accurate", vs("jpeg_integer_accurate", "jpeg") +
                  "; TF's default is INTEGER_FAST, PIL's is this")),
@@ -330,17 +321,17 @@ def rows(num_images: int = 2048, batch_size: int = 128, data_dir: Optional[str] 
   for a, b, target in TARGETS:
     got = r[f"{a}/{b}"]
     met = "met" if min(got["rate"], got["per_core"]) >= target else "NOT met"
-    result.append(Row(f"target {a}/{b} >= {target:g}", float("nan"), detail=(
+    result.append(bench.Row(f"target {a}/{b} >= {target:g}", float("nan"), detail=(
         f"images/s {got['rate']:.2f}, per core {got['per_core']:.2f}: {met}")))
   compiled = augment_rate(augment_batch_size, jit_compile=True)
   plain = augment_rate(augment_batch_size, jit_compile=False)
   crop_only = augment_rate(augment_batch_size, jit_compile=True, config=CROP_AND_MIRROR)
   map_fn = map_fn_crop_rate(augment_batch_size)
   result += [
-      Row("augment (XLA)", compiled, detail=f"batch {augment_batch_size}, per-pixel mean"),
-      Row("augment (no XLA)", plain, "augment (XLA)", plain / compiled),
-      Row("augment crop+mirror only (XLA)", crop_only),
-      Row("map_fn crop+mirror", map_fn, "augment crop+mirror (XLA)", map_fn / crop_only,
+      bench.Row("augment (XLA)", compiled, detail=f"batch {augment_batch_size}, per-pixel mean"),
+      bench.Row("augment (no XLA)", plain, "augment (XLA)", plain / compiled),
+      bench.Row("augment crop+mirror only (XLA)", crop_only),
+      bench.Row("map_fn crop+mirror", map_fn, "augment crop+mirror (XLA)", map_fn / crop_only,
           "the per-image alternative"),
   ]
   return result

@@ -32,6 +32,7 @@ from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
 from keras_alexnet import dataset as dataset_lib
 from keras_alexnet import distribute
+from keras_alexnet import files
 from keras_alexnet import optimizer as optimizer_lib
 from keras_alexnet import preprocessing
 from keras_alexnet import workdir_lock
@@ -593,8 +594,8 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
     if not t.resume:
       _move_aside(workdir)
     store.clean_partial()
-    checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.CONFIG_FILE), metadata)
-    checkpointing.write_text_atomic(os.path.join(workdir, checkpointing.FLAGS_FILE), flags_text)
+    files.write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), metadata)
+    files.write_text(os.path.join(workdir, checkpointing.FLAGS_FILE), flags_text)
     checkpointing.save_statistics(workdir, stats)
 
   schedule = optimizer_lib.make_schedule(t.schedule, peak_lr)

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from keras_alexnet import checkpointing
+from keras_alexnet import files
 from keras_alexnet import model as model_lib
 from keras_alexnet import preprocessing
 
@@ -84,7 +85,7 @@ def _workdir(tmp_path, model_config, tiny=False):
   workdir = str(tmp_path / "run")
   os.makedirs(workdir)
   model = checkpointing.build_model(model_config, tiny=tiny)
-  checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.CONFIG_FILE), {
+  files.write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), {
       "model_config": checkpointing.model_config_to_json(model_config), "tiny_model": tiny,
       "num_classes": model_config.num_classes, "classes": None, "data_dir": "/nowhere",
       "augment": {"mean": "per_channel"}})

@@ -14,6 +14,7 @@ import tensorflow as tf
 from keras_alexnet import dataset
 from keras_alexnet import dataset_info
 from keras_alexnet import features
+from keras_alexnet import files
 
 S = 256
 
@@ -71,7 +72,7 @@ def write_info(data_dir, num_train, num_validation, num_classes=8, **fields):
           "splits": {"train": {"num_examples": num_train},
                      "validation": {"num_examples": num_validation}}}
   info.update(fields)
-  dataset_info.write_json_atomic(os.path.join(data_dir, dataset_info.FILENAME), info)
+  files.write_json(os.path.join(data_dir, dataset_info.FILENAME), info)
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +196,7 @@ def test_tfds_records(tmp_path):
   write_shards(data_dir, "train", 2, 3, tfds=True, size_fn=lambda i: (240, 320))
   write_shards(data_dir, "validation", 1, 4, tfds=True, start=6)
   # What TFDS writes beside its shards: its own dataset_info.json and the label names.
-  dataset_info.write_json_atomic(os.path.join(data_dir, dataset_info.FILENAME), {
+  files.write_json(os.path.join(data_dir, dataset_info.FILENAME), {
       "name": "imagenet2012", "version": "5.1.0",
       "splits": [{"name": "train", "shardLengths": ["3", "3"]},
                  {"name": "validation", "shardLengths": ["4"]}]})

@@ -16,6 +16,7 @@ import tensorflow as tf
 from keras_alexnet import dataset_info
 from keras_alexnet import features
 from keras_alexnet.experiments import figure4
+from keras_alexnet import files
 import tiny_data
 
 COPIES = {1: 5, 4: 0, 6: 10}   # validation index -> the training index it is a copy of
@@ -45,7 +46,7 @@ def _write(data_dir):
           filename=f"{split}_{i}.JPEG", height=256, width=256))
     for w in writers:
       w.close()
-  dataset_info.write_json_atomic(os.path.join(data_dir, dataset_info.FILENAME), {
+  files.write_json(os.path.join(data_dir, dataset_info.FILENAME), {
       "format": "keras_alexnet", "label_offset": 0, "image_size": 256, "num_classes": 4,
       "classes": classes, "mean_rgb": [60.0, 60.0, 60.0],
       "splits": {"train": {"num_examples": 12, "num_shards": 2},

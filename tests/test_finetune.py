@@ -11,6 +11,7 @@ import tensorflow as tf
 from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
 from keras_alexnet import dataset as dataset_lib
+from keras_alexnet import files
 from keras_alexnet import model as model_lib
 from keras_alexnet import preprocessing
 from keras_alexnet import training
@@ -25,7 +26,7 @@ def _paper_workdir(workdir, num_classes, seed, **model):
   keras.utils.set_random_seed(seed)
   net = checkpointing.build_model(config)
   os.makedirs(workdir)
-  checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.CONFIG_FILE), {
+  files.write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), {
       "model_config": checkpointing.model_config_to_json(config), "tiny_model": False,
       "num_classes": num_classes})
   checkpointing.CheckpointStore(workdir).save(

@@ -21,6 +21,7 @@ from keras_alexnet import dataset
 from keras_alexnet import dataset_info
 from keras_alexnet import export
 from keras_alexnet import features
+from keras_alexnet import files
 from keras_alexnet import training
 import tiny_data
 from test_training import _config  # pylint: disable=g-bad-import-order
@@ -54,7 +55,7 @@ def _write_tfds(data_dir, label_file=True, train=16, validation=8, name="imagene
       lengths[split][i % shards] += 1
     for w in writers:
       w.close()
-  dataset_info.write_json_atomic(os.path.join(data_dir, dataset_info.FILENAME), {
+  files.write_json(os.path.join(data_dir, dataset_info.FILENAME), {
       "name": name, "version": "5.1.0", "fileFormat": "tfrecord",
       "splits": [{"name": s, "shardLengths": [str(n) for n in v],
                   "filepathTemplate": "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"}

@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras_alexnet import dataset
 from keras_alexnet import dataset_info
 from keras_alexnet import features
+from keras_alexnet import files
 from keras_alexnet import pil_loader
 from keras_alexnet import pipeline_benchmark as pb
 from keras_alexnet import preprocessing
@@ -153,7 +154,7 @@ def _raw_shards(data_dir, sizes):
       writer.write(features.make_example(
           bytes(size), label=0, synset="n0", text="", filename=f"img{i}.JPEG", height=256,
           width=256, image_format=features.FORMAT_RAW))
-  dataset_info.write_json_atomic(os.path.join(data_dir, dataset_info.FILENAME), {
+  files.write_json(os.path.join(data_dir, dataset_info.FILENAME), {
       "format": "keras_alexnet", "label_offset": 0, "image_size": 256, "num_classes": 2,
       "encoding": "raw", "splits": {"train": {"num_examples": len(sizes)}}})
   return path
@@ -171,18 +172,18 @@ def test_dataset_info_that_disagrees_with_the_shards(builds, tmp_path):
   raw_dir = str(tmp_path / "raw")
   _raw_shards(raw_dir, [dataset.RAW_BYTES] * 2)
   info = dataset_info.read(raw_dir)
-  dataset_info.write_json_atomic(os.path.join(raw_dir, dataset_info.FILENAME),
+  files.write_json(os.path.join(raw_dir, dataset_info.FILENAME),
                                  dict(info, encoding="jpeg"))
   with pytest.raises(ValueError, match=r"dataset_info.json says encoding 'jpeg', but "
                                        r".*train-00000-of-00001 holds image/format 'RAW'"):
     dataset.create_split(dataset.DataConfig(raw_dir), True, 2)
   jpeg_dir = str(tmp_path / "jpeg")
   data = pb.write_records(jpeg_dir, 4, num_shards=1)
-  dataset_info.write_json_atomic(os.path.join(data, dataset_info.FILENAME),
+  files.write_json(os.path.join(data, dataset_info.FILENAME),
                                  dict(dataset_info.read(data), encoding="raw"))
   with pytest.raises(ValueError, match="says encoding 'raw', but .* holds image/format 'JPEG'"):
     dataset.dataset_metadata(dataset.DataConfig(jpeg_dir))
-  dataset_info.write_json_atomic(os.path.join(data, dataset_info.FILENAME),
+  files.write_json(os.path.join(data, dataset_info.FILENAME),
                                  dict(dataset_info.read(data), encoding="png"))
   with pytest.raises(ValueError, match=r"encoding 'png'; allowed: \['jpeg', 'raw'\]"):
     dataset.dataset_metadata(dataset.DataConfig(jpeg_dir))

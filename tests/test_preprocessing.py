@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from keras_alexnet import dataset_info
+from keras_alexnet import files
 from keras_alexnet import preprocessing as pp
 
 S, C, M = pp.STORED_SIZE, pp.IMAGE_SIZE, pp.MAX_OFFSET
@@ -279,7 +280,7 @@ def test_bad_config_and_seed_are_refused():
 def write_info(tmp_path, **fields):
   info = {"format": "keras_alexnet", "num_classes": 2}
   info.update(fields)
-  dataset_info.write_json_atomic(os.path.join(tmp_path, dataset_info.FILENAME), info)
+  files.write_json(os.path.join(tmp_path, dataset_info.FILENAME), info)
   return str(tmp_path)
 
 
@@ -296,7 +297,7 @@ def builder_like_pca(seed=0):
 def test_statistics_from_dataset_info(tmp_path):
   covariance, values, vectors = builder_like_pca()
   mean_image = np.random.default_rng(0).uniform(0, 255, (S, S, 3)).astype(np.float32)
-  dataset_info.write_npy_atomic(os.path.join(tmp_path, "mean_image.npy"), mean_image)
+  files.write_npy(os.path.join(tmp_path, "mean_image.npy"), mean_image)
   data_dir = write_info(tmp_path, mean_rgb=[120.0, 110.0, 100.0],
                         mean_image="mean_image.npy", rgb_covariance=covariance.tolist(),
                         eigenvalues=values.tolist(), eigenvectors=vectors.tolist())
@@ -355,6 +356,6 @@ def test_square_rooted_eigenvalues_do_not_pass_as_eigenvalues(tmp_path):
 
 
 def test_mean_image_of_the_wrong_size_is_refused(tmp_path):
-  dataset_info.write_npy_atomic(os.path.join(tmp_path, "m.npy"), np.zeros((224, 224, 3)))
+  files.write_npy(os.path.join(tmp_path, "m.npy"), np.zeros((224, 224, 3)))
   with pytest.raises(ValueError, match="256, 256, 3"):
     pp.statistics_from_dataset_info(write_info(tmp_path, mean_image="m.npy"))

@@ -18,6 +18,7 @@ from keras_alexnet import config as config_lib
 from keras_alexnet import dataset as dataset_lib
 from keras_alexnet import dataset_info
 from keras_alexnet import evaluate
+from keras_alexnet import files
 from keras_alexnet import model as model_lib
 from keras_alexnet import preprocessing
 import tiny_data
@@ -127,7 +128,7 @@ def _workdir(workdir, data_dir, conv6, seed, classes=None):
   for w in model.trainable_weights:
     w.assign(w * 30.0)
   os.makedirs(workdir)
-  checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.CONFIG_FILE), {
+  files.write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), {
       "model_config": checkpointing.model_config_to_json(config), "tiny_model": True,
       "num_classes": config.num_classes, "classes": classes or info["classes"],
       "data_dir": data_dir, "data": {"label_offset": 0}, "augment": {"mean": "per_pixel"}})

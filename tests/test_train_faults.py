@@ -17,6 +17,7 @@ from keras_alexnet import checkpointing
 from keras_alexnet import dataset
 from keras_alexnet import dataset_info
 from keras_alexnet import features
+from keras_alexnet import files
 from keras_alexnet import workdir_lock
 import tiny_data
 from test_data_service import launch, lines_until, wait_for_address
@@ -87,7 +88,7 @@ def test_a_shard_whose_size_differs_from_the_recorded_one_is_named(tmp_path):
   info = dataset_info.read(data)
   shards = dataset.list_shards(data, "train")
   info["splits"]["train"]["shard_bytes"] = [os.path.getsize(p) for p in shards]
-  dataset_info.write_json_atomic(os.path.join(data, dataset_info.FILENAME), info)
+  files.write_json(os.path.join(data, dataset_info.FILENAME), info)
   config = dataset.DataConfig(data)
   dataset.create_split(config, True, 4)   # sizes as recorded: accepted
   with open(shards[1], "r+b") as f:

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from keras_alexnet import dataset_info
 from keras_alexnet import features
+from keras_alexnet import files
 
 SIZE = 256
 # (row, col, colour) of each class's square.
@@ -51,7 +52,7 @@ def write_dataset(data_dir: str, num_classes: int = 4, train: int = 32, validati
     for w in writers:
       w.close()
   if info:
-    dataset_info.write_json_atomic(os.path.join(data_dir, dataset_info.FILENAME), {
+    files.write_json(os.path.join(data_dir, dataset_info.FILENAME), {
         "format": "keras_alexnet", "label_offset": 0, "image_size": SIZE,
         "num_classes": num_classes, "classes": classes,
         "splits": {"train": {"num_examples": train, "num_shards": train_shards},
@@ -88,7 +89,7 @@ def make_workdir(workdir: str, data_dir: str, seed: int = 0) -> str:
   keras.utils.set_random_seed(seed)
   model = checkpointing.build_model(config, tiny=True)
   os.makedirs(workdir, exist_ok=True)
-  checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.CONFIG_FILE), {
+  files.write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), {
       "model_config": checkpointing.model_config_to_json(config), "tiny_model": True,
       "num_classes": config.num_classes, "classes": info["classes"], "data_dir": data_dir,
       "data": {"label_offset": 0}, "augment": {"mean": "per_pixel"}})

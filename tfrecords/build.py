@@ -25,7 +25,6 @@ import os
 import random
 import re
 import signal
-import socket
 import sys
 import time
 from typing import Optional, Union
@@ -37,6 +36,7 @@ from PIL import Image
 
 from keras_alexnet import dataset_info
 from keras_alexnet import features
+from keras_alexnet import files
 from . import image
 from . import releases
 from . import safety
@@ -533,7 +533,7 @@ def _write_shard(task: _ShardTask) -> tuple[str, int]:
     arrays = stats.arrays() if stats is not None else {}
     arrays["meta"] = np.array(json.dumps({"num_examples": written, "skipped": skipped,
                                           "num_bytes": os.path.getsize(temp)}))
-    _save_npz_atomic(_state_path(out, name), arrays)
+    files.write_npz(_state_path(out, name), arrays)
     os.replace(temp, os.path.join(out, name))
   finally:
     if os.path.exists(temp):
@@ -545,13 +545,6 @@ def _count(n: int) -> None:
   if _counter is not None and n:
     with _counter.get_lock():
       _counter.value += n
-
-
-def _save_npz_atomic(path: str, arrays: dict) -> None:
-  temp = f"{path}.{socket.gethostname()}-{os.getpid()}.tmp"
-  with open(temp, "wb") as f:
-    np.savez(f, **arrays)   # not compressed: zlib on the mean-image sums costs ~0.3 s a shard
-  os.replace(temp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -617,11 +610,11 @@ def _finalize(tasks: list[_ShardTask], source: sources.Source, config: BuildConf
 
   mean_image = train_stats.mean_image()
   if mean_image is not None:
-    dataset_info.write_npy_atomic(os.path.join(out, dataset_info.MEAN_IMAGE_FILENAME),
+    files.write_npy(os.path.join(out, dataset_info.MEAN_IMAGE_FILENAME),
                                   mean_image)
-  _write_text_atomic(os.path.join(out, LABELS_FILENAME),
+  files.write_text(os.path.join(out, LABELS_FILENAME),
                      "".join(f"{i}\t{c}\t{n}\n" for i, (c, n) in enumerate(source.classes)))
-  _write_text_atomic(os.path.join(out, SKIPPED_FILENAME),
+  files.write_text(os.path.join(out, SKIPPED_FILENAME),
                      "".join(f"{s}\t{f}\t{r}\n" for s, f, r in skipped))
   info = {
       "format": "keras_alexnet",
@@ -646,7 +639,7 @@ def _finalize(tasks: list[_ShardTask], source: sources.Source, config: BuildConf
   info["files"] = {n: os.path.getsize(os.path.join(out, n)) for n in written}
   info["files"][dataset_info.FILENAME] = None   # itself
   # dataset_info.json last: its presence means the build is complete.
-  dataset_info.write_json_atomic(os.path.join(out, dataset_info.FILENAME), info)
+  files.write_json(os.path.join(out, dataset_info.FILENAME), info)
   state = os.path.join(out, STATE_DIR)
   if os.path.isdir(state):
     names = set(os.listdir(state))
@@ -656,13 +649,6 @@ def _finalize(tasks: list[_ShardTask], source: sources.Source, config: BuildConf
         os.remove(os.path.join(state, name))
     safety.remove_dir_if_empty(state)
   return info
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-  temp = f"{path}.{os.getpid()}.tmp"
-  with open(temp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(temp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -728,7 +714,7 @@ def build(config: BuildConfig) -> Optional[dict]:
       logging.info("%s already holds this dataset, complete; nothing to do.", config.output_dir)
       return info
     os.makedirs(os.path.join(config.output_dir, STATE_DIR), exist_ok=True)
-    dataset_info.write_json_atomic(
+    files.write_json(
         os.path.join(config.output_dir, STATE_DIR, STATE_FILENAME), record)
 
     mine = [t for i, t in enumerate(tasks) if i % config.num_hosts == config.host_index]

@@ -20,7 +20,7 @@ import resource
 import sys
 from typing import List, NamedTuple, Optional, Sequence
 
-from keras_alexnet import dataset_info
+from keras_alexnet import files
 from keras_alexnet import model as model_lib
 
 MATPLOTLIB_HINT = ("matplotlib is needed for the PNG: pip install matplotlib (or "
@@ -110,4 +110,4 @@ def require_matplotlib():
 
 def save_figure(figure, path: str) -> None:
   """figure.savefig as PNG into a temporary file beside `path`, renamed over it when whole."""
-  dataset_info.write_atomic(path, lambda f: figure.savefig(f, format="png", dpi=120))
+  files.write_atomic(path, lambda f: figure.savefig(f, format="png", dpi=120))

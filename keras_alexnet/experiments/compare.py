@@ -33,8 +33,8 @@ from absl import flags
 from absl import logging
 
 from keras_alexnet import cli
-from keras_alexnet import dataset_info
 from keras_alexnet import experiments
+from keras_alexnet import files
 
 LOG_TAIL_LINES = 15
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -223,8 +223,7 @@ def compare(config: CompareConfig) -> dict:
             + (f", extra flags: {' '.join(config.train_flags)}" if config.train_flags else "")
             + ". Validation errors after the last epoch (centre crop).\n\n")
   paths = {k: os.path.join(config.output_dir, f"comparison.{k}") for k in ("md", "json", "png")}
-  from keras_alexnet import checkpointing  # pylint: disable=g-import-not-at-top
-  checkpointing.write_text_atomic(paths["md"], header + text + "\n")
+  files.write_text(paths["md"], header + text + "\n")
   if config.plot:
     plot(results, paths["png"], ", ".join(r.name for r in results))
   else:
@@ -235,7 +234,7 @@ def compare(config: CompareConfig) -> dict:
                        "top5_error": r.final("top5_error"),
                        "best_top1_error": r.best("top1_error")} for r in results],
              "files": paths}
-  dataset_info.write_json_atomic(paths["json"], summary)
+  files.write_json(paths["json"], summary)
   return {"table": header + text, **summary}
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from keras_alexnet import dataset_info
 from keras_alexnet import experiments
 from keras_alexnet import extract
+from keras_alexnet import files
 
 FEATURE_LAYER = "fc7"   # Section 6.1: "the last, 4096-dimensional hidden layer"
 DPI = 100
@@ -151,21 +152,21 @@ def figure4(workdir: str, data_dir: Optional[str], output_dir: str, split: str =
   limit = min(max(wanted, num_images), total_queries)
   bar = extract.Progress(limit, f"{FEATURE_LAYER} of {split}", progress)
   read = 0
-  for images, labels, files in extract.read_split(data_dir, split, chunk_size, label_offset):
+  for images, labels, names in extract.read_split(data_dir, split, chunk_size, label_offset):
     queries = max(0, wanted - len(q_files))
     if queries:
       q_features.append(extract.features_of(fc7, images[:queries], stats, mean))
-      q_files.extend(files[:queries])
+      q_files.extend(names[:queries])
       q_labels.extend(int(l) for l in labels[:queries])
     q_images.extend(images[:max(0, max(num_images, draw_queries) - len(q_images))])
     take = max(0, num_images - len(predictions))
     if take:
       probs = _softmax(extract.features_of(model, images[:take], stats, mean))
-      for p, l, f in zip(probs, labels[:take], files[:take]):
+      for p, l, f in zip(probs, labels[:take], names[:take]):
         top = np.argsort(-p, kind="stable")[:5]
         predictions.append({"file": f, "label": int(l), "top5": [
             {"class": int(c), "name": classes[c][1], "probability": float(p[c])} for c in top]})
-    read += len(files)
+    read += len(names)
     bar.update(min(read, limit))
     if read >= limit:
       break
@@ -176,8 +177,8 @@ def figure4(workdir: str, data_dir: Optional[str], output_dir: str, split: str =
                              keep_images=draw_queries if plot else 0)
   bar = extract.Progress(extract.count_records(data_dir, "train"),
                          f"{FEATURE_LAYER} search over train", progress)
-  for images, labels, files in extract.read_split(data_dir, "train", chunk_size, label_offset):
-    search.add(extract.features_of(fc7, images, stats, mean), files, labels,
+  for images, labels, names in extract.read_split(data_dir, "train", chunk_size, label_offset):
+    search.add(extract.features_of(fc7, images, stats, mean), names, labels,
                images if plot else None)
     bar.update(search.seen)
   bar.update(search.seen, final=True)
@@ -199,12 +200,12 @@ def figure4(workdir: str, data_dir: Optional[str], output_dir: str, split: str =
     rows = min(draw_queries, len(q_files))
     _draw_right(plt, q_images[:rows], search.images[:rows], results["queries"][:rows],
                 classes, neighbours, os.path.join(output_dir, RIGHT_FILE))
-  dataset_info.write_json_atomic(os.path.join(output_dir, RESULTS_FILE), results)
+  files.write_json(os.path.join(output_dir, RESULTS_FILE), results)
   return {**results, "output": output_dir}
 
 
 def _save(plt, figure, path):
-  dataset_info.write_atomic(path, lambda f: figure.savefig(f, format="png", dpi=DPI))
+  files.write_atomic(path, lambda f: figure.savefig(f, format="png", dpi=DPI))
   plt.close(figure)
 
 

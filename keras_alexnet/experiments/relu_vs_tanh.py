@@ -44,8 +44,9 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from keras_alexnet import dataset_info
+from keras_alexnet import errors
 from keras_alexnet import experiments
+from keras_alexnet import files
 
 IMAGE_SIZE = 32           # CIFAR-10's images.
 TARGET_ERROR = 0.25       # Figure 1: "reaches a 25% training error rate".
@@ -89,7 +90,7 @@ class Run:
 def check_config(config: Figure1Config) -> None:
   """Raises ValueError naming the first bad setting; touches nothing."""
   def bad(what, got, allowed):
-    raise ValueError(f"--{what} must be {allowed}; received {got!r}.")
+    raise errors.invalid(f"--{what}", got, allowed)
   if config.image_dir and config.data_dir:
     bad("image_dir/--data_dir", (config.image_dir, config.data_dir),
         "at most one of them (neither: the demo dataset)")
@@ -314,7 +315,7 @@ def run_experiment(config: Figure1Config) -> dict:
   if config.plot:
     results["png"] = os.path.join(config.output_dir, "figure1.png")
     plot_curves(best, config.target_error, source, results["png"])
-  dataset_info.write_json_atomic(results["json"], results)
+  files.write_json(results["json"], results)
   return results
 
 
