@@ -40,6 +40,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from keras_alexnet import errors
 from keras_alexnet import files
 
 FORMATS = ("caffe", "npy", "torchvision", "onnx")
@@ -92,7 +93,7 @@ def flavour_config(flavour: str, input_size: Optional[int] = None):
     # the model scales by 1 / (255 std).
     return model_lib.ModelConfig(
         variant="one_tower", input_scale=tuple(1.0 / (255.0 * s) for s in TORCH_STD_RGB))
-  raise ValueError(f"flavour must be 'caffe' or 'torchvision'; received {flavour!r}.")
+  raise errors.invalid("flavour", flavour, "'caffe' or 'torchvision'")
 
 
 def flavour_statistics(flavour: str, mean_image: Optional[np.ndarray] = None, source=""):
@@ -704,7 +705,7 @@ def convert(input_path: str, workdir: str, format: str = "auto",  # pylint: disa
   if not os.path.isfile(input_path):
     raise FileNotFoundError(f"--input {input_path} is not a file.")
   if format != "auto" and format not in FORMATS:
-    raise ValueError(f"--format must be auto or one of {FORMATS}; received {format!r}.")
+    raise errors.invalid("--format", format, f"auto or one of {FORMATS}")
   workdir = os.path.abspath(workdir)
   _check_workdir_free(workdir, overwrite)
   fmt = detect_format(input_path) if format == "auto" else format

@@ -41,6 +41,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet import errors
 from keras_alexnet import files
 from keras_alexnet import preprocessing
 from keras_alexnet import workdir_lock
@@ -101,9 +102,9 @@ def export_saved_model(model: keras.Model, metadata: Dict[str, Any],
   wnids, names = _label_map(metadata.get("classes"), num_classes)
   _check_version_free(export_base, version, overwrite)
   if mean not in preprocessing.MEANS:
-    raise ValueError(f"mean must be one of {preprocessing.MEANS}; received {mean!r}.")
+    raise errors.invalid("mean", mean, f"one of {preprocessing.MEANS}")
   if max_image_pixels < 1:
-    raise ValueError(f"max_image_pixels must be >= 1; received {max_image_pixels}.")
+    raise errors.invalid("max_image_pixels", max_image_pixels, ">= 1")
 
   module, signatures = serving_module(
       ServingFunctions(model, stats, wnids, names, ten_views=ten_views, mean=mean,

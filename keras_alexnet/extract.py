@@ -19,12 +19,13 @@ the exit code is then 1). The file is written atomically; an existing one is rep
 import dataclasses
 import os
 import sys
-import time
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet import cli
+from keras_alexnet import errors
 from keras_alexnet import files
 
 EXIT_FAILED_IMAGES = 1
@@ -50,31 +51,6 @@ def features_of(features_model, images, stats, mean: str = "per_pixel") -> np.nd
   return np.asarray(tf.cast(features_model(crops, training=False), tf.float32))
 
 
-class Progress:
-  """'fc7 1,234/5,000 images (24.7%) 41 images/s ETA 0:01:31' on stderr: redrawn in place on a
-  terminal, one line every 30 s otherwise."""
-
-  def __init__(self, total: int, what: str, enabled: bool = True, unit: str = "images"):
-    self.total, self.what, self.unit = total, what, unit
-    self.enabled = enabled and total > 0
-    self.tty = sys.stderr.isatty()
-    self.start = self.last = time.monotonic()
-    self.done = 0
-
-  def update(self, done: int, final: bool = False) -> None:
-    self.done = done
-    now = time.monotonic()
-    if not self.enabled or (not final and now - self.last < (0.5 if self.tty else 30)):
-      return
-    self.last = now
-    rate = done / max(now - self.start, 1e-9)
-    eta = int((self.total - done) / rate) if rate > 0 else 0
-    line = (f"{self.what} {done:,}/{self.total:,} {self.unit} ({100 * done / self.total:.1f}%) "
-            f"{rate:,.1f} {self.unit}/s ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}")
-    print(("\r" if self.tty else "") + line, end="\n" if final or not self.tty else "",
-          file=sys.stderr, flush=True)
-
-
 def _decode(data: bytes) -> np.ndarray:
   from keras_alexnet import preprocessing  # pylint: disable=g-import-not-at-top
   return preprocessing.decode_to_stored(data).numpy()
@@ -91,9 +67,9 @@ def extract_files(features_model, stats, mean: str, files: Sequence[str],
   in order), "failed" [(file, reason)]}. A file that cannot be read or decoded is listed in
   "failed" and costs the others nothing."""
   if batch_size < 1:
-    raise ValueError(f"--batch_size must be >= 1; received {batch_size}.")
+    raise errors.invalid("--batch_size", batch_size, ">= 1")
   rows, done, failed = [], [], []
-  bar = Progress(len(files), features_model.name.rsplit("_to_", 1)[-1], progress)
+  bar = cli.Progress(len(files), features_model.name.rsplit("_to_", 1)[-1], progress)
   for start in range(0, len(files), batch_size):   # read per batch: folders can be large
     images, names = [], []
     for path in files[start:start + batch_size]:
@@ -221,7 +197,6 @@ def _define_flags():
 
 def run():
   """The command (`python -m keras_alexnet.extract`, or its console script)."""
-  from keras_alexnet import cli  # pylint: disable=g-import-not-at-top
   cli.run(main, _define_flags)
 
 

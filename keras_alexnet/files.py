@@ -62,7 +62,7 @@ def write_npy(path: str, array: np.ndarray) -> None:
 
 
 def write_npz(path: str, arrays: dict) -> None:
-  # Not compressed: zlib on the builder's mean-image sums costs ~0.3 s a shard.
+  # Not compressed: zlib is slow on the builder's per-shard mean-image sums, which are temporary.
   write_atomic(path, lambda f: np.savez(f, **arrays))
 
 

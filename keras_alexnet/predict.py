@@ -19,6 +19,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet import errors
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 SIGNATURE = "serving_default"
 BYTES_INPUT = "image_bytes"
@@ -102,7 +104,7 @@ def predict_files(signature: Callable[..., dict], files: Sequence[str],
   file costs its neighbours nothing but time.
   """
   if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1; received {batch_size}.")
+    raise errors.invalid("batch_size", batch_size, ">= 1")
   results = {}
   for start in range(0, len(files), batch_size):  # Read per batch: folders can be large.
     batch = []

@@ -34,6 +34,7 @@ import numpy as np
 import PIL
 from PIL import Image
 
+from keras_alexnet import cli
 from keras_alexnet import dataset_info
 from keras_alexnet import features
 from keras_alexnet import files
@@ -551,34 +552,6 @@ def _count(n: int) -> None:
 # Progress bar.
 
 
-class _Progress:
-  """'train+validation 12,345/50,000 (24.7%) 410 img/s ETA 1:31' on stderr.
-
-  Redrawn in place on a terminal; one line every 30 s otherwise (log files).
-  """
-
-  def __init__(self, total: int, enabled: bool, unit: str = "images"):
-    self.total, self.enabled, self.unit = total, enabled and total > 0, unit
-    self.done = 0
-    self.tty = sys.stderr.isatty()
-    self.start = time.monotonic()
-    self.last = 0.0
-
-  def update(self, done: int, final: bool = False) -> None:
-    self.done = done
-    now = time.monotonic()
-    if not self.enabled or (not final and now - self.last < (0.5 if self.tty else 30)):
-      return
-    self.last = now
-    rate = done / max(now - self.start, 1e-9)
-    eta = (self.total - done) / rate if rate > 0 else 0
-    line = (f"{done:,}/{self.total:,} {self.unit} ({100 * done / self.total:.1f}%) "
-            f"{rate:,.0f} {self.unit}/s ETA {int(eta) // 3600}:{int(eta) % 3600 // 60:02d}:"
-            f"{int(eta) % 60:02d}")
-    end = "\n" if final or not self.tty else ""
-    print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # Finishing: combine the per-shard results in shard order.
 
@@ -722,7 +695,7 @@ def build(config: BuildConfig) -> Optional[dict]:
     if len(todo) < len(mine):
       logging.info("Resuming: %d of this host's %d shards are already complete.",
                    len(mine) - len(todo), len(mine))
-    progress = _Progress(sum(len(t.items) for t in todo), config.progress)
+    progress = cli.Progress(sum(len(t.items) for t in todo), "", config.progress)
     if workers == 1 or len(todo) <= 1:
       _init_worker(counter)
       for task in todo:
@@ -850,7 +823,7 @@ def verify(output_dir: str, workers: int = 0, progress: bool = True) -> list[str
       jobs.append((os.path.join(output_dir, features.shard_name(split, index,
                                                                 meta["num_shards"])),
                    expected, classes, info.get("image_size"), info.get("encoding", "jpeg")))
-  bar = _Progress(len(jobs), progress, unit="shards")
+  bar = cli.Progress(len(jobs), "", progress, unit="shards")
   workers = num_workers(workers)
   pool = _pool(workers, None) if workers > 1 else None
   problems = []
@@ -986,7 +959,6 @@ def _define_flags() -> None:
 
 def run() -> None:
   """The command (`python -m tfrecords.build`, `keras-alexnet-build`)."""
-  from keras_alexnet import cli  # pylint: disable=g-import-not-at-top
   cli.run(main, _define_flags)
 
 

@@ -15,7 +15,6 @@ price of depth that section 7 trades against accuracy.
 """
 
 import dataclasses
-import os
 import resource
 import sys
 from typing import List, NamedTuple, Optional, Sequence

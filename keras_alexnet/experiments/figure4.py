@@ -24,16 +24,17 @@ per chunk) and the distances reported are recomputed as ||q - t|| in float64, so
 its copy are at distance 0 up to the forward pass's own rounding.
 """
 
-import json
 import os
 import sys
-from typing import Iterable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from absl import app
 from absl import flags
 import numpy as np
 
+from keras_alexnet import cli
 from keras_alexnet import dataset_info
+from keras_alexnet import errors
 from keras_alexnet import experiments
 from keras_alexnet import extract
 from keras_alexnet import files
@@ -127,9 +128,9 @@ def figure4(workdir: str, data_dir: Optional[str], output_dir: str, split: str =
                            ("draw_queries", draw_queries, 1), ("neighbours", neighbours, 1),
                            ("chunk_size", chunk_size, 1)):
     if value < low:
-      raise ValueError(f"--{name} must be an integer >= {low}; received {value}.")
+      raise errors.invalid(f"--{name}", value, f"an integer >= {low}")
   if split not in ("validation", "test"):
-    raise ValueError(f"--split must be validation or test; received {split!r}.")
+    raise errors.invalid("--split", split, "validation or test")
   plt = experiments.require_matplotlib() if plot else None
   model, metadata = checkpointing.load_model(workdir, which)
   data_dir = data_dir or metadata["data_dir"]
@@ -150,7 +151,7 @@ def figure4(workdir: str, data_dir: Optional[str], output_dir: str, split: str =
   # num_images' top-5 for the left panel. Both panels draw the first images of the split.
   q_features, q_files, q_labels, q_images, predictions = [], [], [], [], []
   limit = min(max(wanted, num_images), total_queries)
-  bar = extract.Progress(limit, f"{FEATURE_LAYER} of {split}", progress)
+  bar = cli.Progress(limit, f"{FEATURE_LAYER} of {split}", progress)
   read = 0
   for images, labels, names in extract.read_split(data_dir, split, chunk_size, label_offset):
     queries = max(0, wanted - len(q_files))
@@ -175,7 +176,7 @@ def figure4(workdir: str, data_dir: Optional[str], output_dir: str, split: str =
   # The exact search over the training split, one chunk at a time.
   search = NearestNeighbours(np.concatenate(q_features), neighbours,
                              keep_images=draw_queries if plot else 0)
-  bar = extract.Progress(extract.count_records(data_dir, "train"),
+  bar = cli.Progress(extract.count_records(data_dir, "train"),
                          f"{FEATURE_LAYER} search over train", progress)
   for images, labels, names in extract.read_split(data_dir, "train", chunk_size, label_offset):
     search.add(extract.features_of(fc7, images, stats, mean), names, labels,
@@ -301,7 +302,6 @@ def define_flags(f=FLAGS):
 
 def run():
   """The command (`python -m keras_alexnet.experiments.figure4`, or its console script)."""
-  from keras_alexnet import cli  # pylint: disable=g-import-not-at-top
   cli.run(main, define_flags)
 
 

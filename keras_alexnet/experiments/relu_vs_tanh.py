@@ -222,7 +222,7 @@ def figure1_net(activation: str, num_classes: int, image_size: int = IMAGE_SIZE)
   -> fc num_classes (logits). "same" padding: 32 -> 16 -> 8 -> 4."""
   import keras  # pylint: disable=g-import-not-at-top
   if activation not in ACTIVATIONS:
-    raise ValueError(f"activation must be one of {ACTIVATIONS}; received {activation!r}.")
+    raise errors.invalid("activation", activation, f"one of {ACTIVATIONS}")
   inputs = keras.Input((image_size, image_size, 3), name="images")
   x = keras.layers.Conv2D(32, 5, padding="same", activation=activation, name="conv1")(inputs)
   x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
