@@ -418,6 +418,17 @@ def versions(export_base: str) -> List[int]:
                 if name.isdigit() and os.path.isdir(os.path.join(export_base, name)))
 
 
+def _rename_unless_taken(tmp: str, path: str) -> bool:
+  """Renames tmp to path; False if path exists (taken by another export meanwhile)."""
+  try:
+    os.rename(tmp, path)
+    return True
+  except OSError:
+    if not os.path.exists(path):
+      raise
+    return False
+
+
 def _move_into_place(tmp: str, export_base: str, version: Optional[int],
                      overwrite: bool) -> str:
   """Renames the finished export to export_base/<version> in one step (same filesystem)."""
@@ -426,21 +437,12 @@ def _move_into_place(tmp: str, export_base: str, version: Optional[int],
     # existing non-empty folder fails, so try the next number.
     for _ in range(100):
       path = os.path.join(export_base, str((versions(export_base) or [0])[-1] + 1))
-      try:
-        os.rename(tmp, path)
+      if _rename_unless_taken(tmp, path):
         return path
-      except OSError:
-        if not os.path.exists(path):
-          raise
     raise RuntimeError(f"Could not claim a free version folder in {export_base}.")
   path = os.path.join(export_base, str(version))
-  if not os.path.exists(path):
-    try:
-      os.rename(tmp, path)
-      return path
-    except OSError:
-      if not os.path.exists(path):
-        raise
+  if not os.path.exists(path) and _rename_unless_taken(tmp, path):
+    return path
   if not overwrite:
     raise FileExistsError(f"{path} appeared while exporting; pass overwrite=True to "
                           "replace it.")
