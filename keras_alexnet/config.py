@@ -1,10 +1,12 @@
-"""Flags of `python -m keras_alexnet.train` and `python -m keras_alexnet.evaluate`, and the
-plain config objects they become.
+"""The settings of `python -m keras_alexnet.train` and `python -m keras_alexnet.evaluate`:
+their absl flags and the plain config objects they become.
 
-All absl flag definitions for training and evaluation live here. The entry points call
-`define_train_flags()` / `define_evaluate_flags()` at import, parse, then turn the flags into a
-`Config` once with `config_from_flags(FLAGS)`; nothing below the entry points reads FLAGS.
-Defaults are the paper's recipe (section 5); flags/paper.cfg spells them out.
+Each flag is written once, as a row of DATA_FLAGS / TRAIN_FLAGS / EVALUATE_FLAGS: its name,
+the config fields it sets, its help; its type and default are the field's. The entry points
+call `define_train_flags()` / `define_evaluate_flags()` when run as commands, parse, then turn
+the flags into a `Config` once with `config_from_flags(FLAGS)`; nothing below the entry points
+reads FLAGS. Defaults are the paper's recipe (section 5); flags/paper.cfg spells them out.
+Imports the modules of the configs it combines (model, dataset, preprocessing, optimizer).
 """
 
 import collections.abc
@@ -159,18 +161,20 @@ FINE_TUNING = "Fine-tuning"
 HARDWARE = "Hardware and bookkeeping"
 HELP_HEADINGS = (DATA, MODEL, AUGMENTATION, OPTIMIZATION, FINE_TUNING, HARDWARE)
 
-_FIELD_DEFAULT = object()
+_FIELD_DEFAULT = object()   # Flag.default unset: the field's.
 
 
 class Flag(NamedTuple):
+  """One flag. Its type (bool, int, float, str, list) and default are those of its first
+  field, from the dataclass; the row says only what the field cannot."""
   name: str
-  fields: str           # Space-separated field paths it sets; "": none (the entry point reads it).
-  heading: Optional[str]   # In train's --help; None: under "Other flags".
+  fields: str                # The field paths it sets, space-separated; "": none.
+  heading: Optional[str]     # Its heading in train's --help; None: "Other flags".
   help: str
-  choices: Optional[Tuple[str, ...]] = None   # An enum flag.
-  default: Any = _FIELD_DEFAULT   # Where the flag's default is not its (first) field's.
-  kind: Optional[type] = None     # The type of a flag that sets no field.
-  blank_is_none: bool = False     # "--flag=" clears a flagfile's value back to None.
+  choices: Optional[Tuple[str, ...]] = None   # An enum flag's values.
+  default: Any = _FIELD_DEFAULT               # Where the flag's default is not the field's.
+  kind: Optional[type] = None                 # The type of a flag that sets no field.
+  blank_is_none: bool = False                 # "--flag=" clears a flagfile's value to None.
 
 
 # Shared by train and evaluate.
@@ -327,7 +331,7 @@ def _kind(flag: Flag):
   return kind, None
 
 
-def flag_default(flag: Flag):
+def _default(flag: Flag):
   """The flag's default: its row's, else its first field's (a list flag's as strings)."""
   if flag.default is not _FIELD_DEFAULT:
     return flag.default
@@ -345,9 +349,9 @@ def _define(fv: flags.FlagValues, table) -> None:
     if fv.find_module_defining_flag(flag.name) == __name__:
       continue
     if flag.choices:
-      flags.DEFINE_enum(flag.name, flag_default(flag), flag.choices, flag.help, flag_values=fv)
+      flags.DEFINE_enum(flag.name, _default(flag), flag.choices, flag.help, flag_values=fv)
     else:
-      _DEFINE[_kind(flag)[0]](flag.name, flag_default(flag), flag.help, flag_values=fv)
+      _DEFINE[_kind(flag)[0]](flag.name, _default(flag), flag.help, flag_values=fv)
 
 
 def define_train_flags(fv: flags.FlagValues = flags.FLAGS):
