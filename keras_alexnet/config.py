@@ -371,36 +371,37 @@ def _ints(values, name):
                          "a comma-separated list of integers") from None
 
 
-def _field_values(f: flags.FlagValues) -> dict:
-  """{field path: value} from the flags defined in `f`."""
-  values = {}
-  for flag in DATA_FLAGS + TRAIN_FLAGS + EVALUATE_FLAGS:
-    if flag.fields and flag.name in f:
-      value = f[flag.name].value
-      kind, item = _kind(flag)
-      if kind is list:
-        value = _ints(value, flag.name) if item is int else tuple(value)
-      if flag.blank_is_none:
-        value = value or None
-      values.update(dict.fromkeys(flag.fields.split(), value))
-  return values
+# Field path -> the flag that sets it.
+_BY_FIELD = {path: flag for flag in DATA_FLAGS + TRAIN_FLAGS + EVALUATE_FLAGS
+             for path in flag.fields.split()}
 
 
-def _build(cls, prefix: str, values: dict):
-  """cls(...) with the `values` under `prefix`; fields without a flag keep their defaults."""
-  hints, kwargs = typing.get_type_hints(cls), {}
+def _value(flag: Flag, f: flags.FlagValues):
+  """The flag's value as its field holds it."""
+  value = f[flag.name].value
+  kind, item = _kind(flag)
+  if kind is list:
+    value = _ints(value, flag.name) if item is int else tuple(value)
+  return (value or None) if flag.blank_is_none else value
+
+
+def _build(cls, prefix: str, f: flags.FlagValues, **overrides):
+  """cls(...) from the flags in `f` that set fields under `prefix` ("train."); nested configs
+  (train.schedule) likewise; fields without a flag keep their defaults."""
+  kwargs = dict(overrides)
   for field in dataclasses.fields(cls):
-    path = prefix + field.name
-    if path in values:
-      kwargs[field.name] = values[path]
-    elif any(p.startswith(path + ".") for p in values):   # A nested config: train.schedule.
-      kwargs[field.name] = _build(hints[field.name], path + ".", values)
+    path, flag = prefix + field.name, _BY_FIELD.get(prefix + field.name)
+    if field.name in kwargs:
+      continue
+    if flag and flag.name in f:
+      kwargs[field.name] = _value(flag, f)
+    elif any(p.startswith(path + ".") for p in _BY_FIELD):
+      kwargs[field.name] = _build(typing.get_type_hints(cls)[field.name], path + ".", f)
   return cls(**kwargs)
 
 
 def data_config_from_flags(f: flags.FlagValues, **overrides) -> dataset_lib.DataConfig:
-  values = {**_field_values(f), **{"data." + k: v for k, v in overrides.items()}}
-  return _build(dataset_lib.DataConfig, "data.", values)
+  return _build(dataset_lib.DataConfig, "data.", f, **overrides)
 
 
 def config_from_flags(f: flags.FlagValues) -> Config:
@@ -410,7 +411,7 @@ def config_from_flags(f: flags.FlagValues) -> Config:
                      f"`{dataset_lib.BUILD_COMMAND}`.")
   if not f.workdir:
     raise ValueError("--workdir is required: where checkpoints and TensorBoard events go.")
-  config = _build(Config, "", _field_values(f))
+  config = _build(Config, "", f)
   check_train_config(config)
   return config
 
@@ -425,7 +426,7 @@ def eval_config_from_flags(f: flags.FlagValues) -> EvalConfig:
     raise errors.invalid("--views", list(views), f"a non-empty subset of {VIEWS}")
   if f.batch_size < 1:
     raise errors.invalid("--batch_size", f.batch_size, ">= 1")
-  return _build(EvalConfig, "eval.", _field_values(f))
+  return _build(EvalConfig, "eval.", f)
 
 
 def flags_text(f: flags.FlagValues, argv=()) -> str:
