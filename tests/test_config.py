@@ -337,6 +337,9 @@ def test_eval_config_fields(parse):
                                     eval_steps=2, output="/o.json", split="test")
   assert config_lib.eval_config_from_flags(parse("--workdirs=/a")) == config_lib.EvalConfig(
       workdirs=("/a",))
+  # Only the flags of EvalConfig's fields are read (FLAGS here holds train's too).
+  assert config_lib.eval_config_from_flags(parse("--workdirs=/a", "--step_epochs=1,x")) == (
+      config_lib.EvalConfig(workdirs=("/a",)))
   data = config_lib.data_config_from_flags(parse("--data_dir=/x", "--data_format=tfds",
                                                  "--cache"), seed=3)
   assert data == dataset.DataConfig("/x", format="tfds", cache=True, seed=3)
