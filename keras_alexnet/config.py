@@ -1,14 +1,18 @@
-"""Flags of `python -m keras_alexnet.train` and `python -m keras_alexnet.evaluate`, and the
-plain config objects they become.
+"""The settings of `python -m keras_alexnet.train` and `python -m keras_alexnet.evaluate`:
+their absl flags and the plain config objects they become.
 
-All absl flag definitions for training and evaluation live here. The entry points call
-`define_train_flags()` / `define_evaluate_flags()` at import, parse, then turn the flags into a
-`Config` once with `config_from_flags(FLAGS)`; nothing below the entry points reads FLAGS.
-Defaults are the paper's recipe (section 5); flags/paper.cfg spells them out.
+Each flag is written once, as a row of DATA_FLAGS / TRAIN_FLAGS / EVALUATE_FLAGS: its name,
+the config fields it sets, its help; its type and default are the field's. The entry points
+call `define_train_flags()` / `define_evaluate_flags()` when run as commands, parse, then turn
+the flags into a `Config` once with `config_from_flags(FLAGS)`; nothing below the entry points
+reads FLAGS. Defaults are the paper's recipe (section 5); flags/paper.cfg spells them out.
+Imports the modules of the configs it combines (model, dataset, preprocessing, optimizer).
 """
 
+import collections.abc
 import dataclasses
-from typing import Optional, Tuple
+import typing
+from typing import Any, NamedTuple, Optional, Tuple
 
 from absl import flags
 
@@ -144,198 +148,260 @@ def check_train_config(config: Config) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Flags.
+# Flags: each written once, in the tables below. A flag's type and default are those of the
+# config field it sets (Config: "model.variant", "train.schedule.patience"; EvalConfig:
+# "eval.which"); its row adds the help text, the choices of an enum, and the --help heading.
 
-_DEFINED = set()   # (id of the FlagValues, group) already defined.
-FLAG_NAMES = []   # In definition order: what flags.txt records.
+# The headings of `python -m keras_alexnet.train --help`, in flags/paper.cfg's order.
+DATA = "Data"
+MODEL = "Model (section 3)"
+AUGMENTATION = "Augmentation (section 4.1)"
+OPTIMIZATION = "Optimization (section 5)"
+FINE_TUNING = "Fine-tuning"
+HARDWARE = "Hardware and bookkeeping"
+HELP_HEADINGS = (DATA, MODEL, AUGMENTATION, OPTIMIZATION, FINE_TUNING, HARDWARE)
 
-
-def _once(group):
-  def wrap(define):
-    def run(fv):
-      if (id(fv), group) not in _DEFINED:
-        _DEFINED.add((id(fv), group))
-        names = define(fv)
-        FLAG_NAMES.extend(n for n in names if n not in FLAG_NAMES)
-    return run
-  return wrap
-
-
-def _names(*holders):
-  return [h.name for h in holders]
+_FIELD_DEFAULT = object()   # Flag.default unset: the field's.
 
 
-class _Definer:
-  """d.DEFINE_string(...) is flags.DEFINE_string(..., flag_values=fv)."""
-
-  def __init__(self, fv):
-    self._fv = fv
-
-  def __getattr__(self, name):
-    define = getattr(flags, name)
-    return lambda *args, **kwargs: define(*args, flag_values=self._fv, **kwargs)
-
-
-@_once("data")
-def _define_data_flags(fv):
-  d = _Definer(fv)
-  return _names(
-      d.DEFINE_string("data_dir", None, "Folder of TFRecord shards and dataset_info.json, "
-                          "made by `python -m tfrecords.build --input=... --output_dir=...`."),
-      d.DEFINE_enum("data_format", "auto", ("auto",) + dataset_lib.FORMATS,
-                        "Shard layout; auto: from dataset_info.json / the records."),
-      d.DEFINE_integer("label_offset", None, "Subtracted from stored labels; default: from "
-                           "dataset_info.json or the format."),
-      d.DEFINE_integer("shuffle_buffer", 10_000, "Examples in the shuffle buffer."),
-      d.DEFINE_integer("private_threadpool_size", 0,
-                           "tf.data threads; 0: TF's shared pool."),
-      d.DEFINE_bool("cache", False, "Keep decoded images in memory after the first epoch."),
-      d.DEFINE_string("data_service_address", None,
-                          "grpc://HOST:PORT of a tf.data service dispatcher."),
-      d.DEFINE_bool("synthetic", False, "Random images, no files (for benchmarks)."),
-      d.DEFINE_integer("batch_size", PAPER_BATCH_SIZE,
-                           "Global batch (per-replica batch x replicas); section 5: 128."),
-      d.DEFINE_integer("eval_steps", 0, "Validation batches; 0: the whole split."),
-  )
+class Flag(NamedTuple):
+  """One flag. Its type (bool, int, float, str, list) and default are those of its first
+  field, from the dataclass; the row says only what the field cannot."""
+  name: str
+  fields: str                # The field paths it sets, space-separated; "": none.
+  heading: Optional[str]     # Its heading in train's --help; None: "Other flags".
+  help: str
+  choices: Optional[Tuple[str, ...]] = None   # An enum flag's values.
+  default: Any = _FIELD_DEFAULT               # Where the flag's default is not the field's.
+  kind: Optional[type] = None                 # The type of a flag that sets no field.
+  blank_is_none: bool = False                 # "--flag=" clears a flagfile's value to None.
 
 
-@_once("train")
-def _define_train_flags(fv):
-  d = _Definer(fv)
-  m, a = model_lib.ModelConfig(), preprocessing.AugmentConfig()
-  t, s = TrainConfig(), optimizer_lib.ScheduleConfig()
-  return _names(
-      d.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard events, config.json "
-                          "and flags.txt go. Rerunning with the same workdir resumes."),
-      # Model (keras_alexnet.model.ModelConfig): the paper's ablation switches.
-      d.DEFINE_integer("num_classes", None, "Default: the dataset's. If given it must match."),
-      d.DEFINE_enum("variant", m.variant, model_lib.VARIANTS, "paper: two towers with LRN; "
-                        "one_tower: Krizhevsky 2014 widths, no LRN."),
-      d.DEFINE_enum("activation", m.activation, model_lib.ACTIVATIONS, "Section 3.1."),
-      d.DEFINE_bool("lrn", m.lrn, "Local response normalization (section 3.3)."),
-      d.DEFINE_enum("pooling", m.pooling, model_lib.POOLINGS, "Section 3.4."),
-      d.DEFINE_float("dropout", m.dropout, "Dropout rate in fc6/fc7 (section 4.2); 0: off."),
-      d.DEFINE_list("remove", list(m.remove), "Conv layers to remove (section 7), any of "
-                        f"{', '.join(model_lib.REMOVABLE_LAYERS)}."),
-      d.DEFINE_enum("init", m.init, model_lib.INITS, "paper: N(0, 0.01), biases 1/0."),
-      d.DEFINE_float("input_scale", m.input_scale, "Multiplies the mean-subtracted 0..255 "
-                     "inputs inside the model; 1 is the paper. He init assumes unit-variance "
-                     "inputs: 1/64 makes them about so (see flags/demo.cfg)."),
-      d.DEFINE_bool("conv6", m.conv6, "Section 6's extra sixth conv layer over pool5 (3x3, "
-                    "256 maps, within towers): the '1 CNN*' of Table 2."),
-      # Augmentation (keras_alexnet.preprocessing.AugmentConfig), section 4.1.
-      d.DEFINE_bool("random_crop", a.random_crop, "Random 224 crops (else the centre)."),
-      d.DEFINE_bool("mirror", a.mirror, "Horizontal reflections."),
-      d.DEFINE_bool("pca_lighting", a.pca_lighting, "The PCA colour augmentation."),
-      d.DEFINE_enum("mean", a.mean, preprocessing.MEANS, "Mean subtracted from inputs."),
-      # Optimization, section 5.
-      d.DEFINE_integer("epochs", t.epochs, "Passes over the training split."),
-      d.DEFINE_float("learning_rate", t.learning_rate, "Initial rate at a global batch of "
-                         f"{PAPER_BATCH_SIZE} (see --lr_scaling)."),
-      d.DEFINE_enum("lr_scaling", t.lr_scaling, LR_SCALINGS,
-                        f"linear: the rate is learning_rate x batch_size / {PAPER_BATCH_SIZE}."),
-      d.DEFINE_float("momentum", t.momentum, "Momentum of the update."),
-      d.DEFINE_float("weight_decay", t.weight_decay, "Decay inside the update: "
-                         "v <- m v - wd eps w - eps dL/dw."),
-      d.DEFINE_bool("decay_biases", t.decay_biases, "Also decay biases."),
-      d.DEFINE_enum("lr_schedule", s.kind, LR_SCHEDULES, "plateau: divide by 10 when the "
-                        "validation error stops improving (the paper); step: at --step_epochs."),
-      d.DEFINE_integer("plateau_patience", s.patience,
-                           "Epochs without a lower validation error before dividing by 10."),
-      d.DEFINE_float("plateau_min_delta", s.min_delta,
-                         "An improvement smaller than this (error fraction) does not count."),
-      d.DEFINE_integer("max_lr_drops", s.max_drops, "At most this many divisions by 10."),
-      d.DEFINE_list("step_epochs", [str(e) for e in s.step_epochs],
-                        "Epochs at which --lr_schedule=step divides the rate by 10."),
-      d.DEFINE_integer("steps_per_epoch", t.steps_per_epoch,
-                           "0: the whole training split; else at most this many steps."),
-      # Runs that survive.
-      d.DEFINE_integer("checkpoint_every_steps", t.checkpoint_every_steps,
-                           "Also checkpoint at every epoch end and on SIGTERM/SIGINT."),
-      d.DEFINE_integer("keep_checkpoints", t.keep_checkpoints,
-                           "Newest checkpoints kept (the best one is kept besides)."),
-      d.DEFINE_bool("resume", t.resume, "Continue from the workdir's last checkpoint; "
-                        "false: start fresh (old checkpoints are moved aside, not deleted)."),
-      # Hardware.
-      # The flag's default is auto (the hardware at hand); a TrainConfig built in code keeps
-      # one_device, so library callers see no change.
-      d.DEFINE_enum("strategy", "auto", STRATEGIES, "auto (two_tower on exactly two GPUs, "
-                        "mirrored on more, else one_device; never multi_worker) | one_device | "
-                        "mirrored (local GPUs or --devices) | multi_worker (TF_CONFIG) | "
-                        "two_tower (the paper's split of the towers over two devices)."),
-      d.DEFINE_list("devices", list(t.devices), "Devices for the strategy, e.g. "
-                        "/gpu:0,/gpu:1; default: the local GPUs, or the CPU."),
-      d.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices "
-                           "first (to try mirrored/two_tower on a machine without GPUs)."),
-      d.DEFINE_enum("precision", t.precision, PRECISIONS,
-                        "mixed_float16 uses dynamic loss scaling; LRN stays float32."),
-      d.DEFINE_bool("xla", t.xla, "Compile the forward and backward pass with XLA."),
-      d.DEFINE_float("collective_timeout", t.collective_timeout, "multi_worker: seconds a "
-                         "collective may wait for a peer; 0: TF's default."),
-      d.DEFINE_float("data_timeout", t.data_timeout, "Seconds to wait for one input batch "
-                     "(e.g. from dead tf.data service workers) before saving a checkpoint "
-                     "and failing; 0: wait for ever."),
-      d.DEFINE_integer("seed", t.seed, "Seeds init, data order, augmentation, dropout."),
-      d.DEFINE_bool("deterministic", t.deterministic, "Deterministic ops and data order: "
-                        "a resumed run repeats an uninterrupted one's losses. Slower."),
-      d.DEFINE_integer("log_every_steps", t.log_every_steps,
-                           "Steps between log lines and TensorBoard training scalars."),
-      d.DEFINE_bool("summary_images", t.summary_images, "TensorBoard images: conv1 "
-                        "kernels (Figure 3) and augmented inputs, each epoch."),
-      # Fine-tuning.
-      d.DEFINE_string("init_checkpoint", None, "Start from the weights of this workdir (its "
-                          "best checkpoint) or checkpoint prefix; fc8 is re-initialised when "
-                          "the classes differ. Ignored when resuming the workdir's own run."),
-      d.DEFINE_string("trainable_from", None, "Freeze the layers before this one, one of "
-                          f"{', '.join(TRAINABLE_FROM)}; default: train all."),
-      d.DEFINE_bool("tiny_model", False, "Tests only: a two-layer convnet in place of "
-                        "AlexNet, to exercise the training machinery quickly."),
-  )
+# Shared by train and evaluate.
+DATA_FLAGS = (
+    Flag("data_dir", "data.data_dir eval.data_dir", DATA, "Folder of TFRecord shards and "
+         "dataset_info.json, made by `python -m tfrecords.build --input=... --output_dir=...`.",
+         default=None),
+    Flag("data_format", "data.format", DATA, "Shard layout; auto: from dataset_info.json / "
+         "the records.", choices=("auto",) + dataset_lib.FORMATS),
+    Flag("label_offset", "data.label_offset", DATA, "Subtracted from stored labels; default: "
+         "from dataset_info.json or the format."),
+    Flag("shuffle_buffer", "data.shuffle_buffer", DATA, "Examples in the shuffle buffer."),
+    Flag("private_threadpool_size", "data.private_threadpool_size", DATA,
+         "tf.data threads; 0: TF's shared pool."),
+    Flag("cache", "data.cache", DATA, "Keep decoded images in memory after the first epoch."),
+    Flag("data_service_address", "data.data_service_address", DATA,
+         "grpc://HOST:PORT of a tf.data service dispatcher."),
+    Flag("synthetic", "data.synthetic", DATA, "Random images, no files (for benchmarks)."),
+    Flag("batch_size", "train.batch_size eval.batch_size", DATA,
+         "Global batch (per-replica batch x replicas); section 5: 128."),
+    Flag("eval_steps", "train.eval_steps eval.eval_steps", DATA,
+         "Validation batches; 0: the whole split."),
+)
+
+TRAIN_FLAGS = (
+    Flag("workdir", "", HARDWARE, "Where checkpoints, TensorBoard events, config.json and "
+         "flags.txt go. Rerunning with the same workdir resumes.", default=None, kind=str),
+    # keras_alexnet.model.ModelConfig: the paper's ablation switches.
+    Flag("num_classes", "model.num_classes data.num_classes", MODEL,
+         "Default: the dataset's. If given it must match.", default=None),
+    Flag("variant", "model.variant", MODEL, "paper: two towers with LRN; one_tower: Krizhevsky "
+         "2014 widths, no LRN.", choices=model_lib.VARIANTS),
+    Flag("activation", "model.activation", MODEL, "Section 3.1.", choices=model_lib.ACTIVATIONS),
+    Flag("lrn", "model.lrn", MODEL, "Local response normalization (section 3.3)."),
+    Flag("pooling", "model.pooling", MODEL, "Section 3.4.", choices=model_lib.POOLINGS),
+    Flag("dropout", "model.dropout", MODEL, "Dropout rate in fc6/fc7 (section 4.2); 0: off."),
+    Flag("remove", "model.remove", MODEL, "Conv layers to remove (section 7), any of "
+         f"{', '.join(model_lib.REMOVABLE_LAYERS)}."),
+    Flag("init", "model.init", MODEL, "paper: N(0, 0.01), biases 1/0.", choices=model_lib.INITS),
+    Flag("input_scale", "model.input_scale", MODEL, "Multiplies the mean-subtracted 0..255 "
+         "inputs inside the model; 1 is the paper. He init assumes unit-variance inputs: 1/64 "
+         "makes them about so (see flags/demo.cfg)."),
+    Flag("conv6", "model.conv6", MODEL, "Section 6's extra sixth conv layer over pool5 (3x3, "
+         "256 maps, within towers): the '1 CNN*' of Table 2."),
+    # keras_alexnet.preprocessing.AugmentConfig, section 4.1.
+    Flag("random_crop", "augment.random_crop", AUGMENTATION,
+         "Random 224 crops (else the centre)."),
+    Flag("mirror", "augment.mirror", AUGMENTATION, "Horizontal reflections."),
+    Flag("pca_lighting", "augment.pca_lighting", AUGMENTATION, "The PCA colour augmentation."),
+    Flag("mean", "augment.mean", AUGMENTATION, "Mean subtracted from inputs.",
+         choices=preprocessing.MEANS),
+    # Section 5.
+    Flag("epochs", "train.epochs", OPTIMIZATION, "Passes over the training split."),
+    Flag("learning_rate", "train.learning_rate", OPTIMIZATION, "Initial rate at a global batch "
+         f"of {PAPER_BATCH_SIZE} (see --lr_scaling)."),
+    Flag("lr_scaling", "train.lr_scaling", OPTIMIZATION, "linear: the rate is learning_rate x "
+         f"batch_size / {PAPER_BATCH_SIZE}.", choices=LR_SCALINGS),
+    Flag("momentum", "train.momentum", OPTIMIZATION, "Momentum of the update."),
+    Flag("weight_decay", "train.weight_decay", OPTIMIZATION, "Decay inside the update: "
+         "v <- m v - wd eps w - eps dL/dw."),
+    Flag("decay_biases", "train.decay_biases", OPTIMIZATION, "Also decay biases."),
+    Flag("lr_schedule", "train.schedule.kind", OPTIMIZATION, "plateau: divide by 10 when the "
+         "validation error stops improving (the paper); step: at --step_epochs.",
+         choices=LR_SCHEDULES),
+    Flag("plateau_patience", "train.schedule.patience", OPTIMIZATION,
+         "Epochs without a lower validation error before dividing by 10."),
+    Flag("plateau_min_delta", "train.schedule.min_delta", OPTIMIZATION,
+         "An improvement smaller than this (error fraction) does not count."),
+    Flag("max_lr_drops", "train.schedule.max_drops", OPTIMIZATION,
+         "At most this many divisions by 10."),
+    Flag("step_epochs", "train.schedule.step_epochs", OPTIMIZATION,
+         "Epochs at which --lr_schedule=step divides the rate by 10."),
+    Flag("steps_per_epoch", "train.steps_per_epoch", OPTIMIZATION,
+         "0: the whole training split; else at most this many steps."),
+    # Runs that survive.
+    Flag("checkpoint_every_steps", "train.checkpoint_every_steps", HARDWARE,
+         "Also checkpoint at every epoch end and on SIGTERM/SIGINT."),
+    Flag("keep_checkpoints", "train.keep_checkpoints", HARDWARE,
+         "Newest checkpoints kept (the best one is kept besides)."),
+    Flag("resume", "train.resume", HARDWARE, "Continue from the workdir's last checkpoint; "
+         "false: start fresh (old checkpoints are moved aside, not deleted)."),
+    # The flag's default is auto (the hardware at hand); a TrainConfig built in code keeps
+    # one_device, so library callers see no change.
+    Flag("strategy", "train.strategy", HARDWARE, "auto (two_tower on exactly two GPUs, "
+         "mirrored on more, else one_device; never multi_worker) | one_device | mirrored "
+         "(local GPUs or --devices) | multi_worker (TF_CONFIG) | two_tower (the paper's split "
+         "of the towers over two devices).", choices=STRATEGIES, default="auto"),
+    Flag("devices", "train.devices", HARDWARE, "Devices for the strategy, e.g. /gpu:0,/gpu:1; "
+         "default: the local GPUs, or the CPU."),
+    Flag("num_cpu_devices", "", HARDWARE, "Split the CPU into this many logical devices first "
+         "(to try mirrored/two_tower on a machine without GPUs).", default=0, kind=int),
+    Flag("precision", "train.precision", HARDWARE,
+         "mixed_float16 uses dynamic loss scaling; LRN stays float32.", choices=PRECISIONS),
+    Flag("xla", "train.xla", HARDWARE, "Compile the forward and backward pass with XLA."),
+    Flag("collective_timeout", "train.collective_timeout", HARDWARE, "multi_worker: seconds a "
+         "collective may wait for a peer; 0: TF's default."),
+    Flag("data_timeout", "train.data_timeout", DATA, "Seconds to wait for one input batch "
+         "(e.g. from dead tf.data service workers) before saving a checkpoint and failing; 0: "
+         "wait for ever."),
+    Flag("seed", "train.seed data.seed", HARDWARE,
+         "Seeds init, data order, augmentation, dropout."),
+    Flag("deterministic", "train.deterministic data.deterministic", HARDWARE, "Deterministic "
+         "ops and data order: a resumed run repeats an uninterrupted one's losses. Slower."),
+    Flag("log_every_steps", "train.log_every_steps", HARDWARE,
+         "Steps between log lines and TensorBoard training scalars."),
+    Flag("summary_images", "train.summary_images", HARDWARE, "TensorBoard images: conv1 "
+         "kernels (Figure 3) and augmented inputs, each epoch."),
+    Flag("init_checkpoint", "train.init_checkpoint", FINE_TUNING, "Start from the weights of "
+         "this workdir (its best checkpoint) or checkpoint prefix; fc8 is re-initialised when "
+         "the classes differ. Ignored when resuming the workdir's own run.", blank_is_none=True),
+    Flag("trainable_from", "train.trainable_from", FINE_TUNING, "Freeze the layers before this "
+         f"one, one of {', '.join(TRAINABLE_FROM)}; default: train all.", blank_is_none=True),
+    Flag("tiny_model", "train.tiny_model", None, "Tests only: a two-layer convnet in place of "
+         "AlexNet, to exercise the training machinery quickly."),
+)
+
+EVALUATE_FLAGS = (
+    Flag("workdirs", "eval.workdirs", None, "Training workdirs; several: their ensemble too "
+         "(softmax averaged, the paper's '5 CNNs')."),
+    Flag("checkpoint", "eval.checkpoint", None, "A checkpoint prefix (.../ckpt) instead."),
+    Flag("which", "eval.which", None, "Checkpoint of each workdir.",
+         choices=("best", "latest")),
+    Flag("views", "eval.views", None, "center: the centre crop; ten: the 10 views of section "
+         "4.1, softmax averaged."),
+    Flag("output", "eval.output", None, "Results JSON; default: evaluation.json in the first "
+         "workdir (or beside the checkpoint)."),
+    Flag("split", "eval.split", None, "The split evaluated; test: ILSVRC-2010's (Table 1), "
+         "built by tfrecords.build --layout=ilsvrc2010.", choices=("validation", "test")),
+)
+
+FLAG_NAMES = tuple(f.name for f in DATA_FLAGS + TRAIN_FLAGS + EVALUATE_FLAGS)  # flags.txt order
+# train's --help: its flags under paper.cfg's headings.
+TRAIN_HELP_GROUPS = tuple((heading, tuple(f.name for f in DATA_FLAGS + TRAIN_FLAGS
+                                          if f.heading == heading)) for heading in HELP_HEADINGS)
 
 
-@_once("evaluate")
-def _define_evaluate_flags(fv):
-  d = _Definer(fv)
-  e = EvalConfig()
-  return _names(
-      d.DEFINE_list("workdirs", [], "Training workdirs; several: their ensemble too "
-                        "(softmax averaged, the paper's '5 CNNs')."),
-      d.DEFINE_string("checkpoint", None, "A checkpoint prefix (.../ckpt) instead."),
-      d.DEFINE_enum("which", e.which, ("best", "latest"), "Checkpoint of each workdir."),
-      d.DEFINE_list("views", list(e.views), "center: the centre crop; ten: the 10 views "
-                        "of section 4.1, softmax averaged."),
-      d.DEFINE_string("output", None, "Results JSON; default: evaluation.json in the "
-                          "first workdir (or beside the checkpoint)."),
-      d.DEFINE_enum("split", e.split, ("validation", "test"), "The split evaluated; test: "
-                        "ILSVRC-2010's (Table 1), built by tfrecords.build --layout=ilsvrc2010."),
-  )
+def _field(path: str):
+  """(type, default) of the dataclass field at `path`; "eval." paths are EvalConfig's."""
+  cls, *names = path.split(".")
+  cls = EvalConfig if cls == "eval" else typing.get_type_hints(Config)[cls]
+  for name in names[:-1]:
+    cls = typing.get_type_hints(cls)[name]
+  default = {f.name: f.default for f in dataclasses.fields(cls)}[names[-1]]
+  return typing.get_type_hints(cls)[names[-1]], default
+
+
+def _kind(flag: Flag):
+  """(flag type, item type of a list flag) from the field's annotation."""
+  kind = flag.kind or _field(flag.fields.split()[0])[0]
+  if typing.get_origin(kind) is typing.Union:   # Optional[X]
+    kind = next(k for k in typing.get_args(kind) if k is not type(None))
+  if typing.get_origin(kind) in (tuple, collections.abc.Sequence):   # Tuple[X, ...]
+    return list, typing.get_args(kind)[0]
+  return kind, None
+
+
+def _default(flag: Flag):
+  """The flag's default: its row's, else its first field's (a list flag's as strings)."""
+  if flag.default is not _FIELD_DEFAULT:
+    return flag.default
+  default = _field(flag.fields.split()[0])[1]
+  return [str(v) for v in default] if _kind(flag)[0] is list else default
+
+
+_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+           str: flags.DEFINE_string, list: flags.DEFINE_list}
+
+
+def _define(fv: flags.FlagValues, table) -> None:
+  for flag in table:
+    # Defined before (train and evaluate share DATA_FLAGS; tests define both in one fv).
+    if fv.find_module_defining_flag(flag.name) == __name__:
+      continue
+    if flag.choices:
+      flags.DEFINE_enum(flag.name, _default(flag), flag.choices, flag.help, flag_values=fv)
+    else:
+      _DEFINE[_kind(flag)[0]](flag.name, _default(flag), flag.help, flag_values=fv)
 
 
 def define_train_flags(fv: flags.FlagValues = flags.FLAGS):
   """Defines train's flags in `fv` (once); the entry point calls it when run as a command."""
-  _define_data_flags(fv)
-  _define_train_flags(fv)
+  _define(fv, DATA_FLAGS + TRAIN_FLAGS)
 
 
 def define_evaluate_flags(fv: flags.FlagValues = flags.FLAGS):
-  _define_data_flags(fv)
-  _define_evaluate_flags(fv)
-
-
-def data_config_from_flags(f: flags.FlagValues, **overrides) -> dataset_lib.DataConfig:
-  return dataset_lib.DataConfig(**{
-      "data_dir": f.data_dir, "format": f.data_format, "label_offset": f.label_offset,
-      "shuffle_buffer": f.shuffle_buffer, "private_threadpool_size": f.private_threadpool_size,
-      "cache": f.cache, "data_service_address": f.data_service_address,
-      "synthetic": f.synthetic, **overrides})
+  _define(fv, DATA_FLAGS + EVALUATE_FLAGS)
 
 
 def _ints(values, name):
   try:
     return tuple(int(v) for v in values)
   except ValueError:
-    raise ValueError(f"--{name} must be a comma-separated list of integers; received "
-                     f"{','.join(values)!r}.") from None
+    raise errors.invalid(f"--{name}", ",".join(values),
+                         "a comma-separated list of integers") from None
+
+
+# Field path -> the flag that sets it.
+_BY_FIELD = {path: flag for flag in DATA_FLAGS + TRAIN_FLAGS + EVALUATE_FLAGS
+             for path in flag.fields.split()}
+
+
+def _value(flag: Flag, f: flags.FlagValues):
+  """The flag's value as its field holds it."""
+  value = f[flag.name].value
+  kind, item = _kind(flag)
+  if kind is list:
+    value = _ints(value, flag.name) if item is int else tuple(value)
+  return (value or None) if flag.blank_is_none else value
+
+
+def _build(cls, prefix: str, f: flags.FlagValues, **overrides):
+  """cls(...) from the flags in `f` that set fields under `prefix` ("train."); nested configs
+  (train.schedule) likewise; fields without a flag keep their defaults."""
+  kwargs = dict(overrides)
+  for field in dataclasses.fields(cls):
+    path, flag = prefix + field.name, _BY_FIELD.get(prefix + field.name)
+    if field.name in kwargs:
+      continue
+    if flag and flag.name in f:
+      kwargs[field.name] = _value(flag, f)
+    elif any(p.startswith(path + ".") for p in _BY_FIELD):
+      kwargs[field.name] = _build(typing.get_type_hints(cls)[field.name], path + ".", f)
+  return cls(**kwargs)
+
+
+def data_config_from_flags(f: flags.FlagValues, **overrides) -> dataset_lib.DataConfig:
+  return _build(dataset_lib.DataConfig, "data.", f, **overrides)
 
 
 def config_from_flags(f: flags.FlagValues) -> Config:
@@ -345,30 +411,7 @@ def config_from_flags(f: flags.FlagValues) -> Config:
                      f"`{dataset_lib.BUILD_COMMAND}`.")
   if not f.workdir:
     raise ValueError("--workdir is required: where checkpoints and TensorBoard events go.")
-  model = model_lib.ModelConfig(
-      num_classes=f.num_classes, variant=f.variant, activation=f.activation, lrn=f.lrn,
-      pooling=f.pooling, dropout=f.dropout, remove=tuple(f.remove), init=f.init,
-      input_scale=f.input_scale, conv6=f.conv6)
-  augment = preprocessing.AugmentConfig(
-      random_crop=f.random_crop, mirror=f.mirror, pca_lighting=f.pca_lighting, mean=f.mean)
-  schedule = optimizer_lib.ScheduleConfig(
-      kind=f.lr_schedule, patience=f.plateau_patience, min_delta=f.plateau_min_delta,
-      max_drops=f.max_lr_drops, step_epochs=_ints(f.step_epochs, "step_epochs"))
-  train = TrainConfig(
-      batch_size=f.batch_size, epochs=f.epochs, learning_rate=f.learning_rate,
-      lr_scaling=f.lr_scaling, momentum=f.momentum, weight_decay=f.weight_decay,
-      decay_biases=f.decay_biases, schedule=schedule, steps_per_epoch=f.steps_per_epoch,
-      eval_steps=f.eval_steps, checkpoint_every_steps=f.checkpoint_every_steps,
-      keep_checkpoints=f.keep_checkpoints, resume=f.resume, strategy=f.strategy,
-      devices=tuple(f.devices), precision=f.precision, xla=f.xla, seed=f.seed,
-      deterministic=f.deterministic, log_every_steps=f.log_every_steps,
-      summary_images=f.summary_images, collective_timeout=f.collective_timeout,
-      tiny_model=f.tiny_model, init_checkpoint=f.init_checkpoint or None,
-      trainable_from=f.trainable_from or None, data_timeout=f.data_timeout)
-  data = data_config_from_flags(f, deterministic=f.deterministic, seed=f.seed,
-                                num_classes=f.num_classes)
-  config = Config(model=model, data=data, augment=augment,
-                  train=train)
+  config = _build(Config, "", f)
   check_train_config(config)
   return config
 
@@ -380,12 +423,10 @@ def eval_config_from_flags(f: flags.FlagValues) -> EvalConfig:
                      f"workdirs={list(f.workdirs)!r}, checkpoint={f.checkpoint!r}.")
   views = tuple(f.views)
   if not views or any(v not in VIEWS for v in views):
-    raise ValueError(f"--views must be a non-empty subset of {VIEWS}; received {list(views)}.")
+    raise errors.invalid("--views", list(views), f"a non-empty subset of {VIEWS}")
   if f.batch_size < 1:
-    raise ValueError(f"--batch_size must be >= 1; received {f.batch_size}.")
-  return EvalConfig(workdirs=tuple(f.workdirs), checkpoint=f.checkpoint, which=f.which,
-                    data_dir=f.data_dir, views=views, batch_size=f.batch_size,
-                    eval_steps=f.eval_steps, output=f.output, split=f.split)
+    raise errors.invalid("--batch_size", f.batch_size, ">= 1")
+  return _build(EvalConfig, "eval.", f)
 
 
 def flags_text(f: flags.FlagValues, argv=()) -> str:

@@ -70,32 +70,11 @@ def _exit_now(code):
   os._exit(code)   # pylint: disable=protected-access
 
 
-# --help lists the flags under the headings of flags/paper.cfg; flags added later land under
-# "Other flags" until they are placed here.
-HELP_GROUPS = (
-    ("Data", ("data_dir", "data_format", "label_offset", "batch_size", "eval_steps",
-              "shuffle_buffer", "private_threadpool_size", "cache", "data_service_address",
-              "synthetic", "data_timeout")),
-    ("Model (section 3)", ("num_classes", "variant", "activation", "lrn", "pooling", "dropout",
-                           "remove", "init", "input_scale", "conv6")),
-    ("Augmentation (section 4.1)", ("random_crop", "mirror", "pca_lighting", "mean")),
-    ("Optimization (section 5)", ("epochs", "learning_rate", "lr_scaling", "momentum",
-                                  "weight_decay", "decay_biases", "lr_schedule",
-                                  "plateau_patience", "plateau_min_delta", "max_lr_drops",
-                                  "step_epochs", "steps_per_epoch")),
-    ("Fine-tuning", ("init_checkpoint", "trainable_from")),
-    ("Hardware and bookkeeping", ("workdir", "strategy", "devices", "num_cpu_devices",
-                                  "precision", "xla", "collective_timeout", "seed",
-                                  "deterministic", "checkpoint_every_steps", "keep_checkpoints",
-                                  "resume", "log_every_steps", "summary_images")),
-)
-
-
 def run():
   """The command (`python -m keras_alexnet.train`, or its console script). Only as the
   command: importing this module (tests, other tools) defines no flags."""
   from keras_alexnet import cli  # pylint: disable=g-import-not-at-top
-  cli.run(main, config_lib.define_train_flags, groups=HELP_GROUPS)
+  cli.run(main, config_lib.define_train_flags, groups=config_lib.TRAIN_HELP_GROUPS)
 
 
 if __name__ == "__main__":

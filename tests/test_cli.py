@@ -3,6 +3,7 @@ command's own flags, quiet TensorFlow start-up; and `import keras_alexnet` regis
 .keras file needs."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -66,6 +67,40 @@ def _command(module, *args, cwd):
                         capture_output=True, text=True, timeout=300)
 
 
+# `python -m keras_alexnet.train --help` as it was when each flag was written three times
+# (issue 16 made the flags and these headings from one table in config.py).
+TRAIN_HELP_BEFORE_ISSUE_16 = {
+    "Data": ["batch_size", "cache", "data_dir", "data_format", "data_service_address",
+             "data_timeout", "eval_steps", "label_offset", "private_threadpool_size",
+             "shuffle_buffer", "synthetic"],
+    "Model (section 3)": ["activation", "conv6", "dropout", "init", "input_scale", "lrn",
+                          "num_classes", "pooling", "remove", "variant"],
+    "Augmentation (section 4.1)": ["mean", "mirror", "pca_lighting", "random_crop"],
+    "Optimization (section 5)": ["decay_biases", "epochs", "learning_rate", "lr_scaling",
+                                 "lr_schedule", "max_lr_drops", "momentum", "plateau_min_delta",
+                                 "plateau_patience", "step_epochs", "steps_per_epoch",
+                                 "weight_decay"],
+    "Fine-tuning": ["init_checkpoint", "trainable_from"],
+    "Hardware and bookkeeping": ["checkpoint_every_steps", "collective_timeout", "deterministic",
+                                 "devices", "keep_checkpoints", "log_every_steps",
+                                 "num_cpu_devices", "precision", "resume", "seed", "strategy",
+                                 "summary_images", "workdir", "xla"],
+    "Other flags": ["tiny_model"],
+}
+
+
+def _help_sections(text):
+  """{heading: [flag names, in --help's order]} of a command's --help."""
+  sections, heading = {}, None
+  for line in text.splitlines():
+    if re.match(r"^\S.*:$", line):
+      heading = line[:-1]
+      sections[heading] = []
+    elif heading and re.match(r"^  --(\[no\])?\w+:", line):
+      sections[heading].append(re.match(r"^  --(?:\[no\])?(\w+):", line).group(1))
+  return sections
+
+
 def test_help_lists_each_commands_own_flags_and_tf_stays_quiet(tmp_path):
   build = _command("tfrecords.build", "--help", cwd=REPO)
   assert build.returncode == 0, build.stderr
@@ -79,6 +114,7 @@ def test_help_lists_each_commands_own_flags_and_tf_stays_quiet(tmp_path):
   assert positions == sorted(positions)
   assert train.stdout.index("--[no]lrn") > train.stdout.index("Model (section 3):")
   assert "--weight_decay" in train.stdout and "--strategy" in train.stdout
+  assert _help_sections(train.stdout) == TRAIN_HELP_BEFORE_ISSUE_16
   # TensorFlow's C++ start-up lines (absl's "I0000 ..." and its pre-InitializeLog banner).
   for out in (build.stderr, train.stderr):
     assert "InitializeLog" not in out and "cpu_feature_guard" not in out, out

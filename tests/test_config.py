@@ -2,6 +2,7 @@
 written to the workdir, and the errors for bad settings."""
 
 import dataclasses
+import glob
 import importlib
 import os
 
@@ -9,6 +10,10 @@ from absl import flags
 import pytest
 
 from keras_alexnet import config as config_lib
+from keras_alexnet import dataset
+from keras_alexnet import model
+from keras_alexnet import optimizer
+from keras_alexnet import preprocessing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Flags of their own: the global FLAGS belong to whatever entry point a test process imports.
@@ -136,3 +141,205 @@ def test_eval_config(parse):
                       (("--workdirs=/a", "--views=five"), "views")):
     with pytest.raises(ValueError, match=match):
       config_lib.eval_config_from_flags(parse(*args))
+
+
+# The flags as the code before the tables defined them (issue 16), in flags.txt's order.
+OLD_TRAIN_FLAG_NAMES = [
+    "data_dir", "data_format", "label_offset", "shuffle_buffer", "private_threadpool_size",
+    "cache", "data_service_address", "synthetic", "batch_size", "eval_steps", "workdir",
+    "num_classes", "variant", "activation", "lrn", "pooling", "dropout", "remove", "init",
+    "input_scale", "conv6", "random_crop", "mirror", "pca_lighting", "mean", "epochs",
+    "learning_rate", "lr_scaling", "momentum", "weight_decay", "decay_biases", "lr_schedule",
+    "plateau_patience", "plateau_min_delta", "max_lr_drops", "step_epochs", "steps_per_epoch",
+    "checkpoint_every_steps", "keep_checkpoints", "resume", "strategy", "devices",
+    "num_cpu_devices", "precision", "xla", "collective_timeout", "data_timeout", "seed",
+    "deterministic", "log_every_steps", "summary_images", "init_checkpoint", "trainable_from",
+    "tiny_model"]
+OLD_EVALUATE_FLAG_NAMES = OLD_TRAIN_FLAG_NAMES[:10] + [
+    "workdirs", "checkpoint", "which", "views", "output", "split"]
+
+
+def _paper_config(**train):
+  """The Config the old config_from_flags built from flags/paper.cfg (all fields spelled out),
+  with `train` fields replaced."""
+  return config_lib.Config(
+      model=model.ModelConfig(num_classes=None, variant="paper", activation="relu", lrn=True,
+                              pooling="overlapping", dropout=0.5, remove=(), init="paper",
+                              input_scale=1.0, conv6=False),
+      data=dataset.DataConfig(data_dir="/data", format="auto", label_offset=None,
+                              shuffle_buffer=10_000, private_threadpool_size=0, cache=False,
+                              data_service_address=None, synthetic=False, deterministic=False,
+                              seed=0, num_classes=None),
+      augment=preprocessing.AugmentConfig(random_crop=True, mirror=True, pca_lighting=True,
+                                          mean="per_pixel"),
+      train=dataclasses.replace(config_lib.TrainConfig(
+          batch_size=128, epochs=90, learning_rate=0.01, lr_scaling="linear", momentum=0.9,
+          weight_decay=0.0005, decay_biases=False,
+          schedule=optimizer.ScheduleConfig(kind="plateau", patience=2, min_delta=0.0,
+                                            max_drops=3, step_epochs=(30, 60, 80)),
+          steps_per_epoch=0, eval_steps=0, checkpoint_every_steps=1000, keep_checkpoints=3,
+          resume=True, strategy="auto", devices=(), precision="float32", xla=False, seed=0,
+          deterministic=False, log_every_steps=100, summary_images=True,
+          collective_timeout=0.0, tiny_model=False, init_checkpoint=None, trainable_from=None,
+          data_timeout=300.0), **train))
+
+
+def test_paper_cfg_and_overrides_build_the_config_written_out_by_hand(parse):
+  paper = (f"--flagfile={ROOT}/flags/paper.cfg", "--data_dir=/data", "--workdir=/w")
+  assert config_lib.config_from_flags(parse(*paper)) == _paper_config()
+  got = config_lib.config_from_flags(parse(
+      *paper, "--batch_size=256", "--remove=conv3", "--lr_schedule=step", "--step_epochs=10,20",
+      "--noresume", "--devices=/cpu:0", "--seed=5", "--deterministic", "--num_classes=10",
+      "--data_format=tfds", "--label_offset=1", "--init_checkpoint=", "--trainable_from=fc7",
+      "--plateau_min_delta=0.01", "--data_service_address=grpc://dispatcher:5050"))
+  want = _paper_config(
+      batch_size=256, resume=False, devices=("/cpu:0",), seed=5, deterministic=True,
+      trainable_from="fc7", schedule=optimizer.ScheduleConfig(
+          kind="step", patience=2, min_delta=0.01, max_drops=3, step_epochs=(10, 20)))
+  want = dataclasses.replace(
+      want, model=dataclasses.replace(want.model, num_classes=10, remove=("conv3",)),
+      data=dataclasses.replace(want.data, format="tfds", label_offset=1, seed=5,
+                               deterministic=True, num_classes=10,
+                               data_service_address="grpc://dispatcher:5050"))
+  assert got == want
+  assert got.train.init_checkpoint is None   # "--init_checkpoint=" clears a flagfile's value
+
+
+@pytest.mark.parametrize("flagfile", sorted(
+    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "flags", "*.cfg"))
+    + glob.glob(os.path.join(ROOT, "flags", "ablations", "*"))))
+def test_every_flagfile_round_trips_through_flags_txt(parse, flagfile, tmp_path, monkeypatch):
+  monkeypatch.chdir(ROOT)   # Nested flagfiles are named relative to the repository.
+  first = config_lib.config_from_flags(parse(
+      f"--flagfile={flagfile}", "--data_dir=/data", "--workdir=/w"))
+  path = tmp_path / "flags.txt"
+  path.write_text(config_lib.flags_text(FLAGS, ["python", "-m", "keras_alexnet.train"]))
+  assert config_lib.config_from_flags(parse(f"--flagfile={path}")) == first
+
+
+def test_flags_txt_lists_the_flags_in_their_old_order(parse):
+  fv = flags.FlagValues()
+  config_lib.define_train_flags(fv)
+  fv(["train", "--data_dir=/d"])
+  lines = config_lib.flags_text(fv).splitlines()[1:]
+  names = [line.lstrip("-# ").split("=")[0].split(" ")[0] for line in lines]
+  names = [n[2:] if n.startswith("no") and n[2:] in fv and n not in fv else n for n in names]
+  assert names == OLD_TRAIN_FLAG_NAMES
+  fv = flags.FlagValues()
+  config_lib.define_evaluate_flags(fv)
+  assert [n for n in config_lib.FLAG_NAMES if n in fv] == OLD_EVALUATE_FLAG_NAMES
+  assert set(fv) - {"flagfile", "undefok"} == set(OLD_EVALUATE_FLAG_NAMES)
+
+
+def test_flag_defaults_are_the_dataclass_defaults():
+  """Read from the dataclasses here, not through config.py's own field lookup."""
+  roots = {"model": model.ModelConfig(), "data": dataset.DataConfig("no default"),
+           "augment": preprocessing.AugmentConfig(), "train": config_lib.TrainConfig(),
+           "eval": config_lib.EvalConfig()}
+  fv = flags.FlagValues()
+  config_lib.define_train_flags(fv)
+  config_lib.define_evaluate_flags(fv)
+  differ, no_field = {}, []
+  for flag in config_lib.DATA_FLAGS + config_lib.TRAIN_FLAGS + config_lib.EVALUATE_FLAGS:
+    default = fv[flag.name].default
+    if isinstance(default, list):
+      default = tuple(int(v) if flag.name == "step_epochs" else v for v in default)
+    if not flag.fields:
+      no_field.append(flag.name)
+    for path in flag.fields.split():
+      root, *names = path.split(".")
+      value = roots[root]
+      for name in names:
+        value = getattr(value, name)
+      if value != default:
+        differ[flag.name] = default
+  # The documented differences: a Config built in code keeps one_device; the class count and
+  # the data folder come from the run.
+  assert differ == {"data_dir": None, "num_classes": None, "strategy": "auto"}
+  assert no_field == ["workdir", "num_cpu_devices"]   # The entry point reads them itself.
+  assert (fv["workdir"].default, fv["num_cpu_devices"].default) == (None, 0)
+  assert fv["step_epochs"].default == ["30", "60", "80"] and fv["remove"].default == []
+
+
+def test_flag_types_and_choices():
+  fv = flags.FlagValues()
+  config_lib.define_train_flags(fv)
+  config_lib.define_evaluate_flags(fv)
+  kinds = {name: type(fv[name]).__name__ for name in config_lib.FLAG_NAMES}
+  assert {n for n, k in kinds.items() if k == "BooleanFlag"} == {
+      "cache", "synthetic", "lrn", "conv6", "random_crop", "mirror", "pca_lighting",
+      "decay_biases", "resume", "xla", "deterministic", "summary_images", "tiny_model"}
+  assert {n for n, k in kinds.items() if k == "EnumFlag"} == {
+      "data_format", "variant", "activation", "pooling", "init", "mean", "lr_scaling",
+      "lr_schedule", "strategy", "precision", "which", "split"}
+  assert {n for n in kinds if type(fv[n].parser).__name__ == "ListParser"} == {
+      "remove", "step_epochs", "devices", "workdirs", "views"}
+  assert fv["strategy"].parser.enum_values == list(config_lib.STRATEGIES)
+  assert fv["data_format"].parser.enum_values == ["auto", *dataset.FORMATS]
+  assert fv["label_offset"].flag_type() == "int" and fv["input_scale"].flag_type() == "float"
+
+
+def test_train_help_groups_are_paper_cfgs_headings():
+  groups = dict(config_lib.TRAIN_HELP_GROUPS)
+  assert list(groups) == ["Data", "Model (section 3)", "Augmentation (section 4.1)",
+                          "Optimization (section 5)", "Fine-tuning", "Hardware and bookkeeping"]
+  assert set(groups["Data"]) == {
+      "data_dir", "data_format", "label_offset", "batch_size", "eval_steps", "shuffle_buffer",
+      "private_threadpool_size", "cache", "data_service_address", "synthetic", "data_timeout"}
+  assert set(groups["Fine-tuning"]) == {"init_checkpoint", "trainable_from"}
+  grouped = [n for _, names in config_lib.TRAIN_HELP_GROUPS for n in names]
+  assert sorted(grouped + ["tiny_model"]) == sorted(OLD_TRAIN_FLAG_NAMES)   # tiny: "Other flags"
+
+
+def test_a_fresh_flag_set_gets_its_flags_even_where_a_freed_one_lived():
+  """Flags defined before were once remembered by id(FlagValues): a freed one's id handed to
+  the next left it without flags (UnrecognizedFlagError)."""
+  for _ in range(20):
+    fv = flags.FlagValues()
+    config_lib.define_train_flags(fv)
+    config_lib.define_train_flags(fv)   # Again: no DuplicateFlagError.
+    fv(["train", "--data_dir=/d", "--workdir=/w", "--epochs=3"])
+    assert config_lib.config_from_flags(fv).train.epochs == 3
+    del fv
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--data_dir=/d", "--workdir=/w", "--step_epochs=10,x"),
+     "--step_epochs must be a comma-separated list of integers; received '10,x'."),
+])
+def test_train_error_messages(parse, args, message):
+  with pytest.raises(ValueError) as e:
+    config_lib.config_from_flags(parse(*args))
+  assert str(e.value) == message
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--workdirs=/a", "--views=center,five"),
+     "--views must be a non-empty subset of ('center', 'ten'); received ['center', 'five']."),
+    (("--workdirs=/a", "--views="),
+     "--views must be a non-empty subset of ('center', 'ten'); received []."),
+    (("--workdirs=/a", "--batch_size=0"), "--batch_size must be >= 1; received 0."),
+    ((), "give either --workdirs=DIR[,DIR...] (several: also their ensemble) or "
+         "--checkpoint=PREFIX; received workdirs=[], checkpoint=None."),
+])
+def test_eval_error_messages(parse, args, message):
+  with pytest.raises(ValueError) as e:
+    config_lib.eval_config_from_flags(parse(*args))
+  assert str(e.value) == message
+
+
+def test_eval_config_fields(parse):
+  e = config_lib.eval_config_from_flags(parse(
+      "--checkpoint=/r/ckpt", "--which=latest", "--data_dir=/x", "--views=center",
+      "--batch_size=3", "--eval_steps=2", "--output=/o.json", "--split=test"))
+  assert e == config_lib.EvalConfig(workdirs=(), checkpoint="/r/ckpt", which="latest",
+                                    data_dir="/x", views=("center",), batch_size=3,
+                                    eval_steps=2, output="/o.json", split="test")
+  assert config_lib.eval_config_from_flags(parse("--workdirs=/a")) == config_lib.EvalConfig(
+      workdirs=("/a",))
+  # Only the flags of EvalConfig's fields are read (FLAGS here holds train's too).
+  assert config_lib.eval_config_from_flags(parse("--workdirs=/a", "--step_epochs=1,x")) == (
+      config_lib.EvalConfig(workdirs=("/a",)))
+  data = config_lib.data_config_from_flags(parse("--data_dir=/x", "--data_format=tfds",
+                                                 "--cache"), seed=3)
+  assert data == dataset.DataConfig("/x", format="tfds", cache=True, seed=3)

@@ -26,13 +26,9 @@ import tiny_data
 REPO = tiny_data.REPO
 
 
-_KEPT = []   # config._once keys FlagValues by id(): a freed one's id may come back, undefined
-
-
 def _parse(argv):
   from absl import flags   # pylint: disable=g-import-not-at-top
   fv = flags.FlagValues()
-  _KEPT.append(fv)
   config_lib.define_train_flags(fv)
   fv(["train", *argv])
   return config_lib.config_from_flags(fv)
