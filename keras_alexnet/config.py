@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 from absl import flags
 
-from keras_alexnet import dataset as dataset_lib
+from keras_alexnet import data_sources
 from keras_alexnet import errors
 from keras_alexnet import model as model_lib
 from keras_alexnet import optimizer as optimizer_lib
@@ -72,7 +72,7 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class Config:
   model: model_lib.ModelConfig          # num_classes None: from the dataset.
-  data: dataset_lib.DataConfig
+  data: data_sources.DataConfig
   augment: preprocessing.AugmentConfig
   train: TrainConfig
 
@@ -182,7 +182,7 @@ def _define_data_flags(fv):
   return _names(
       d.DEFINE_string("data_dir", None, "Folder of TFRecord shards and dataset_info.json, "
                           "made by `python -m tfrecords.build --input=... --output_dir=...`."),
-      d.DEFINE_enum("data_format", "auto", ("auto",) + dataset_lib.FORMATS,
+      d.DEFINE_enum("data_format", "auto", ("auto",) + data_sources.FORMATS,
                         "Shard layout; auto: from dataset_info.json / the records."),
       d.DEFINE_integer("label_offset", None, "Subtracted from stored labels; default: from "
                            "dataset_info.json or the format."),
@@ -322,8 +322,8 @@ def define_evaluate_flags(fv: flags.FlagValues = flags.FLAGS):
   _define_evaluate_flags(fv)
 
 
-def data_config_from_flags(f: flags.FlagValues, **overrides) -> dataset_lib.DataConfig:
-  return dataset_lib.DataConfig(**{
+def data_config_from_flags(f: flags.FlagValues, **overrides) -> data_sources.DataConfig:
+  return data_sources.DataConfig(**{
       "data_dir": f.data_dir, "format": f.data_format, "label_offset": f.label_offset,
       "shuffle_buffer": f.shuffle_buffer, "private_threadpool_size": f.private_threadpool_size,
       "cache": f.cache, "data_service_address": f.data_service_address,
@@ -342,7 +342,7 @@ def config_from_flags(f: flags.FlagValues) -> Config:
   """The training Config from parsed flags (validated; raises ValueError)."""
   if not f.data_dir and not f.synthetic:
     raise ValueError("--data_dir is required: a folder of TFRecord shards made by "
-                     f"`{dataset_lib.BUILD_COMMAND}`.")
+                     f"`{data_sources.BUILD_COMMAND}`.")
   if not f.workdir:
     raise ValueError("--workdir is required: where checkpoints and TensorBoard events go.")
   model = model_lib.ModelConfig(

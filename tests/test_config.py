@@ -109,7 +109,7 @@ def test_unknown_enum_values_are_refused_by_the_parser(parse):
 
 def test_check_train_config_on_plain_configs():
   config = config_lib.Config(model=config_lib.model_lib.ModelConfig(),
-                             data=config_lib.dataset_lib.DataConfig("/d"),
+                             data=config_lib.data_sources.DataConfig("/d"),
                              augment=config_lib.preprocessing.AugmentConfig(),
                              train=config_lib.TrainConfig())
   config_lib.check_train_config(config)
