@@ -84,17 +84,15 @@ def _reader(source: data_sources.Source):
   offset, num_classes = source.label_offset, source.num_classes
 
   @_no_autograph
-  def count(read, records):
-    read += tf.reduce_sum(tf.cast(tf.strings.length(records), tf.int64) + RECORD_OVERHEAD)
-    return read, (records, read)
-
-  @_no_autograph
   def read_shard(path, size):
     batches = tf.data.TFRecordDataset(path).ignore_errors(log_warning=True).batch(READ_BATCH)
     batches = batches.concatenate(tf.data.Dataset.from_tensors(tf.constant([], tf.string)))
 
     @_no_autograph
-    def check_and_parse(records, read):
+    def count_check_and_parse(read, records):
+      # One scan step does the byte count and everything else per batch: a separate map after
+      # the scan was one more function call per batch (BUILD_NOTES).
+      read += tf.reduce_sum(tf.cast(tf.strings.length(records), tf.int64) + RECORD_OVERHEAD)
       complete = tf.logical_or(tf.size(records) > 0, tf.equal(read, size))
       assertion = _assert(complete, [
           "Corrupted or truncated TFRecord shard (bad CRC or length):", path, "read", read,
@@ -122,10 +120,10 @@ def _reader(source: data_sources.Source):
       with tf.control_dependencies(checks):
         label = tf.cast(label, tf.int32)
       if raw:   # checked here whole: nothing later needs to name a record
-        return encoded, label
-      return encoded, label, tf.strings.join([path, " image ", names])
+        return read, (encoded, label)
+      return read, (encoded, label, tf.strings.join([path, " image ", names]))
 
-    return batches.scan(tf.constant(0, tf.int64), count).map(check_and_parse)
+    return batches.scan(tf.constant(0, tf.int64), count_check_and_parse)
 
   return read_shard
 
