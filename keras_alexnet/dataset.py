@@ -47,7 +47,7 @@ _no_autograph = tf.autograph.experimental.do_not_convert
 
 def _assert(condition, data):
   """An Assert op that fails with `data` when `condition` is false. tf.debugging.Assert wraps
-  string data in a tf.cond, a function call per image that cost about 10% of the pipeline."""
+  string data in a tf.cond: a function call per image, measurably slower (BUILD_NOTES)."""
   return tf.raw_ops.Assert(condition=condition, data=[tf.convert_to_tensor(x) for x in data],
                            summarize=10)
 
@@ -101,8 +101,8 @@ def _reader(source: data_sources.Source):
         examples = tf.io.parse_example(records, spec)
       encoded, names, stored = examples[encoded_key], examples[name_key], examples[label_key]
       label = stored - offset
-      # Conditions and messages from a few ops per batch: a boolean_mask of the names cost
-      # ~15 us per record. The message names the first offending record of the batch.
+      # Conditions and messages from a few ops per batch (a boolean_mask of the names cost
+      # more per record: BUILD_NOTES). The message names the first offending record.
       bad = tf.logical_or(label < 0, label >= num_classes)
       name, value = _first_where(bad, names, stored)
       checks = [_assert(tf.logical_not(tf.reduce_any(bad)), [
@@ -357,13 +357,13 @@ def _shards(config, split, source, input_context):
 
 def _interleave(ds, read_shard, num_files, num_parallel_calls, deterministic):
   """Records of several shards at once, from READ_BATCH-record batches of each reader: the
-  interleave handles 1/64 of the elements (its per-element cost was a third of the
-  reading's)."""
+  interleave handles 1/READ_BATCH of the elements (its per-element cost is a sizeable part
+  of the reading's: BUILD_NOTES)."""
   cycle = min(num_files, CYCLE_LENGTH)
   readers = num_parallel_calls
   if readers == tf.data.AUTOTUNE:
     # One reader thread per core: AUTOTUNE ran up to `cycle` of them, whose hand-offs cost
-    # ~6% of the CPU and a third of the wall-clock rate on 2 cores (BUILD_NOTES).
+    # CPU time and wall-clock rate on 2 cores (figures in BUILD_NOTES).
     readers = min(cycle, _cores())
   return ds.interleave(read_shard, cycle_length=cycle, block_length=1,
                        num_parallel_calls=readers, deterministic=deterministic).unbatch()

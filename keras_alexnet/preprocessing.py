@@ -76,8 +76,8 @@ def augment(images, stats: dataset_info.Statistics, config: AugmentConfig = Augm
   (the mean image cropped and mirrored with the image, or the per-channel mean).
 
   The crop and the mirror together are two batched gathers (rows, then reversed-or-not
-  columns), which XLA compiles; with jit_compile they run about 4x faster than a map_fn of
-  tf.image.crop_to_bounding_box (BUILD_NOTES.md, "Input pipeline").
+  columns), which XLA compiles; with jit_compile they run faster than a map_fn of
+  tf.image.crop_to_bounding_box (figures in BUILD_NOTES.md, "Input pipeline").
 
   Returns float32 [B, 224, 224, 3].
   """
