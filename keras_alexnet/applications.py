@@ -26,14 +26,14 @@ import os
 import keras
 import numpy as np
 
+from keras_alexnet import dataset_info
 from keras_alexnet import model as model_lib
-from keras_alexnet import preprocessing
 
 FLAVOURS = ("paper", "caffe", "torchvision")
 # What preprocess_input subtracts, RGB 0..255 (the rest of each source's preprocessing, BGR
 # order and std scaling, is inside the model, as in the exported SavedModel).
 MEANS_RGB = {
-    "paper": preprocessing.IMAGENET_MEAN_RGB,
+    "paper": dataset_info.IMAGENET_MEAN_RGB,
     # Caffe's examples/00-classification: B 104.00698793, G 116.66876762, R 122.67891434.
     "caffe": (122.67891434, 116.66876762, 104.00698793),
     "torchvision": tuple(255.0 * m for m in (0.485, 0.456, 0.406)),

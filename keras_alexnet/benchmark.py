@@ -108,9 +108,9 @@ def saved_model_rows(matmul: float, repeats: int) -> List[bench.Row]:
   """The paper net (random weights, 1000 classes) exported as for TF Serving, then served:
   batch-1 latency and batch-64 throughput, JPEG bytes in and preprocessed crops in."""
   import tempfile
+  from keras_alexnet import dataset_info
   from keras_alexnet import export as export_lib
   from keras_alexnet import predict as predict_lib
-  from keras_alexnet import preprocessing
 
   net = model_lib.alexnet()
   forward_flops = model_lib.flops_per_image(net)
@@ -118,7 +118,7 @@ def saved_model_rows(matmul: float, repeats: int) -> List[bench.Row]:
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     path = export_lib.export_saved_model(net, {"classes": classes},
-                                         preprocessing.imagenet_statistics(), tmp,
+                                         dataset_info.imagenet_statistics(), tmp,
                                          warmup=False)
     del net
     loaded = tf.saved_model.load(path)

@@ -31,9 +31,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet import dataset_info
 from keras_alexnet import files
 from keras_alexnet import model as model_lib
-from keras_alexnet import preprocessing
 
 CONFIG_FILE = "config.json"
 FLAGS_FILE = "flags.txt"
@@ -140,7 +140,7 @@ def read_metadata(workdir: str) -> dict:
   return metadata
 
 
-def save_statistics(workdir: str, stats: preprocessing.Statistics) -> None:
+def save_statistics(workdir: str, stats: dataset_info.Statistics) -> None:
   arrays = dict(mean_rgb=stats.mean_rgb, eigenvalues=stats.eigenvalues,
                 eigenvectors=stats.eigenvectors, source=np.array(stats.source))
   if stats.mean_image is not None:
@@ -148,14 +148,14 @@ def save_statistics(workdir: str, stats: preprocessing.Statistics) -> None:
   files.write_npz(os.path.join(workdir, STATISTICS_FILE), arrays)
 
 
-def load_statistics(workdir: str) -> preprocessing.Statistics:
+def load_statistics(workdir: str) -> dataset_info.Statistics:
   """The mean and PCA the run in `workdir` trained with."""
   path = os.path.join(workdir, STATISTICS_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{workdir} has no {STATISTICS_FILE}: not a training workdir.")
   try:
     with np.load(path) as z:
-      return preprocessing.Statistics(
+      return dataset_info.Statistics(
           mean_image=z["mean_image"] if "mean_image" in z else None, mean_rgb=z["mean_rgb"],
           eigenvalues=z["eigenvalues"], eigenvectors=z["eigenvectors"],
           source=f"{path} (from {z['source']})")

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Optional, Tuple
 
 from absl import flags
 
-from keras_alexnet import dataset as dataset_lib
+from keras_alexnet import data_sources
 from keras_alexnet import errors
 from keras_alexnet import model as model_lib
 from keras_alexnet import optimizer as optimizer_lib
@@ -76,7 +76,7 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class Config:
   model: model_lib.ModelConfig          # num_classes None: from the dataset.
-  data: dataset_lib.DataConfig
+  data: data_sources.DataConfig
   augment: preprocessing.AugmentConfig
   train: TrainConfig
 
@@ -183,7 +183,7 @@ DATA_FLAGS = (
          "dataset_info.json, made by `python -m tfrecords.build --input=... --output_dir=...`.",
          default=None),
     Flag("data_format", "data.format", DATA, "Shard layout; auto: from dataset_info.json / "
-         "the records.", choices=("auto",) + dataset_lib.FORMATS),
+         "the records.", choices=("auto",) + data_sources.FORMATS),
     Flag("label_offset", "data.label_offset", DATA, "Subtracted from stored labels; default: "
          "from dataset_info.json or the format."),
     Flag("shuffle_buffer", "data.shuffle_buffer", DATA, "Examples in the shuffle buffer."),
@@ -400,15 +400,15 @@ def _build(cls, prefix: str, f: flags.FlagValues, **overrides):
   return cls(**kwargs)
 
 
-def data_config_from_flags(f: flags.FlagValues, **overrides) -> dataset_lib.DataConfig:
-  return _build(dataset_lib.DataConfig, "data.", f, **overrides)
+def data_config_from_flags(f: flags.FlagValues, **overrides) -> data_sources.DataConfig:
+  return _build(data_sources.DataConfig, "data.", f, **overrides)
 
 
 def config_from_flags(f: flags.FlagValues) -> Config:
   """The training Config from parsed flags (validated; raises ValueError)."""
   if not f.data_dir and not f.synthetic:
     raise ValueError("--data_dir is required: a folder of TFRecord shards made by "
-                     f"`{dataset_lib.BUILD_COMMAND}`.")
+                     f"`{data_sources.BUILD_COMMAND}`.")
   if not f.workdir:
     raise ValueError("--workdir is required: where checkpoints and TensorBoard events go.")
   config = _build(Config, "", f)

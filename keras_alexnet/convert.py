@@ -99,8 +99,8 @@ def flavour_config(flavour: str, input_size: Optional[int] = None):
 def flavour_statistics(flavour: str, mean_image: Optional[np.ndarray] = None, source=""):
   """The mean the export subtracts (RGB, 0..255); the PCA is the published one (only
   fine-tuning's lighting augmentation uses it)."""
-  from keras_alexnet import preprocessing  # pylint: disable=g-import-not-at-top
-  published = preprocessing.imagenet_statistics()
+  from keras_alexnet import dataset_info  # pylint: disable=g-import-not-at-top
+  published = dataset_info.imagenet_statistics()
   if flavour == "caffe":
     mean_rgb = np.array(CAFFE_MEAN_BGR[::-1], np.float32)
     what = "Caffe's ilsvrc_2012_mean per channel (BGR 104.007, 116.669, 122.679)"
@@ -110,7 +110,7 @@ def flavour_statistics(flavour: str, mean_image: Optional[np.ndarray] = None, so
   if mean_image is not None:
     mean_rgb = mean_image.reshape(-1, 3).mean(axis=0).astype(np.float32)
     what = f"the mean image {source}"
-  return preprocessing.Statistics(
+  return dataset_info.Statistics(
       mean_image=mean_image, mean_rgb=mean_rgb, eigenvalues=published.eigenvalues,
       eigenvectors=published.eigenvectors, source=f"{what}; PCA: {published.source}")
 
@@ -669,7 +669,7 @@ def keras_weights(flavour: str, found) -> Dict[str, list]:
 def read_mean_file(path: str) -> np.ndarray:
   """Caffe's per-pixel mean, BGR (3, 256, 256) in ilsvrc_2012_mean.npy (a plain array) or
   imagenet_mean.binaryproto (a BlobProto), as RGB [256, 256, 3] float32."""
-  from keras_alexnet import preprocessing  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import decoding  # pylint: disable=g-import-not-at-top
   with open(path, "rb") as f:
     head = f.read(6)
   try:
@@ -682,7 +682,7 @@ def read_mean_file(path: str) -> np.ndarray:
   except Exception as e:  # pylint: disable=broad-except
     raise ConversionError(f"--mean_file {path}: neither a .npy array nor a Caffe .binaryproto "
                           f"blob: {str(e)[:300]}") from e
-  size = preprocessing.STORED_SIZE
+  size = decoding.STORED_SIZE
   if array.shape != (3, size, size) or not np.all(np.isfinite(array)):
     raise ConversionError(f"--mean_file {path}: must be Caffe's BGR mean of shape (3, {size}, "
                           f"{size}); found {array.shape}.")

@@ -33,6 +33,8 @@ from absl import flags
 from absl import logging
 import tensorflow as tf
 
+from keras_alexnet import errors
+
 ROLES = ("dispatcher", "worker")
 DEFAULT_DISPATCHER_PORT = 5050
 SECURITY_WARNING = (
@@ -53,9 +55,9 @@ class ServiceConfig:
 
 def check_config(config: ServiceConfig) -> None:
   if config.role not in ROLES:
-    raise ValueError(f"role must be one of {ROLES}; received {config.role!r}.")
+    raise errors.invalid("role", config.role, f"one of {ROLES}")
   if not 0 <= config.port < 65536:
-    raise ValueError(f"port must be in 0..65535 (0: any free port); received {config.port}.")
+    raise errors.invalid("port", config.port, "in 0..65535 (0: any free port)")
   if config.role == "worker":
     if not config.dispatcher_address or ":" not in _strip(config.dispatcher_address):
       raise ValueError("a worker needs --dispatcher_address=HOST:PORT (the dispatcher's); "

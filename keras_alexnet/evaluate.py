@@ -110,6 +110,7 @@ def _predictor(model, stats, mean, views):
 def evaluate(config: config_lib.EvalConfig) -> dict:
   """Evaluates the models config names; returns the results (also written as JSON)."""
   from keras_alexnet import checkpointing   # pylint: disable=g-import-not-at-top
+  from keras_alexnet import data_sources   # pylint: disable=g-import-not-at-top
   from keras_alexnet import dataset as dataset_lib   # pylint: disable=g-import-not-at-top
 
   paths = list(config.workdirs) or [config.checkpoint]
@@ -130,16 +131,16 @@ def evaluate(config: config_lib.EvalConfig) -> dict:
   if not data_dir:
     raise ValueError(f"--data_dir is required: {paths[0]} names no dataset of its own (a net "
                      "converted from published weights); give the TFRecords to evaluate on.")
-  data = dataset_lib.DataConfig(data_dir=data_dir,
+  data = data_sources.DataConfig(data_dir=data_dir,
                                 label_offset=members[0]["metadata"].get("data", {})
                                 .get("label_offset"))
-  found = dataset_lib.dataset_metadata(data)
+  found = data_sources.dataset_metadata(data)
   if found["num_classes"] != num_classes:
     raise ValueError(f"The model has {num_classes} classes but the dataset in {data_dir} has "
                      f"{found['num_classes']}.")
   if not found["num_examples"].get(config.split):
     raise FileNotFoundError(f"{data_dir} holds no {config.split} shards; build them with "
-                            f"`{dataset_lib.BUILD_COMMAND}`"
+                            f"`{data_sources.BUILD_COMMAND}`"
                             + (" (a test split: --layout=ilsvrc2010)." if config.split == "test"
                                else "."))
 

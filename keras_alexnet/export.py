@@ -10,7 +10,7 @@ writes BASE/<version>/, the layout TF Serving watches (a base folder of numbered
   function `evaluate` uses for the centre crop (decode to RGB, shorter side to 256, centre 224
   crop, minus the training mean), so serving and evaluation cannot drift. With ten_views=True
   it runs the paper's test-time averaging instead (section 4.1: four corner and the centre
-  224 patches and their mirrors, softmax outputs averaged) on `preprocessing.decode_to_stored`.
+  224 patches and their mirrors, softmax outputs averaged) on `decoding.decode_to_stored`.
 - signature `preprocessed`: `images` float32 [N, 224, 224, 3], already mean-subtracted crops.
 - both output `probabilities` float32 [N, C], `top5_classes` int32 [N, 5],
   `top5_probabilities` float32 [N, 5], `top5_wnids` and `top5_names` string [N, 5] (the
@@ -41,6 +41,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet import dataset_info
+from keras_alexnet import decoding
 from keras_alexnet import errors
 from keras_alexnet import files
 from keras_alexnet import preprocessing
@@ -74,11 +76,11 @@ FILES_FILENAME = "keras_alexnet_files.json"
 
 
 def export_saved_model(model: keras.Model, metadata: Dict[str, Any],
-                       stats: "preprocessing.Statistics", export_base: str,
+                       stats: "dataset_info.Statistics", export_base: str,
                        version: Optional[int] = None, ten_views: bool = False,
                        overwrite: bool = False, mean: str = "per_pixel",
                        warmup: bool = True, model_name: str = "alexnet",
-                       max_image_pixels: int = preprocessing.MAX_IMAGE_PIXELS) -> str:
+                       max_image_pixels: int = decoding.MAX_IMAGE_PIXELS) -> str:
   """Writes `model` as export_base/<version>/ for TF Serving and returns that path.
 
   Args:
@@ -148,7 +150,7 @@ class ServingFunctions:
 
   def __init__(self, model: keras.Model, stats, wnids: Sequence[str], names: Sequence[str],
                ten_views: bool = False, mean: str = "per_pixel",
-               max_pixels: int = preprocessing.MAX_IMAGE_PIXELS):
+               max_pixels: int = decoding.MAX_IMAGE_PIXELS):
     # Device placements (the paper's two-tower split) are recorded in the graph; the serving
     # machine may not have those devices, so the served net is an unplaced copy.
     self.model = _unplaced(model)
@@ -172,10 +174,10 @@ class ServingFunctions:
           image_bytes,
           fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
       return self.serve_images(crops)
-    stored = tf.map_fn(lambda b: preprocessing.decode_to_stored(b, self.max_pixels),
+    stored = tf.map_fn(lambda b: decoding.decode_to_stored(b, self.max_pixels),
                        image_bytes,
                        fn_output_signature=tf.TensorSpec(
-                           [preprocessing.STORED_SIZE, preprocessing.STORED_SIZE, 3], tf.uint8))
+                           [decoding.STORED_SIZE, decoding.STORED_SIZE, 3], tf.uint8))
     views = preprocessing.ten_views(stored, self.stats, self.mean, size)  # [N, 10, 224, 224, 3]
     probabilities = self._probabilities(tf.reshape(views, [-1, size, size, 3]))
     num_classes = probabilities.shape[-1]
@@ -249,9 +251,9 @@ def _check_model(model: keras.Model) -> int:
   input_shape = tuple(model.input_shape)
   side = input_shape[1] if len(input_shape) == 4 else None
   if (not isinstance(side, int) or input_shape[1:] != (side, side, 3)
-      or side > preprocessing.STORED_SIZE):
+      or side > decoding.STORED_SIZE):
     raise ValueError(f"The model must take [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3] crops (or "
-                     f"another square side <= {preprocessing.STORED_SIZE}, as a converted Caffe "
+                     f"another square side <= {decoding.STORED_SIZE}, as a converted Caffe "
                      f"net's 227); its input shape is {input_shape}.")
   output_shape = tuple(model.output_shape)
   if len(output_shape) != 2 or not output_shape[-1] or output_shape[-1] < 2:
@@ -541,7 +543,7 @@ class ExportConfig:
   ten_views: bool = False
   warmup: bool = True
   model_name: str = "alexnet"
-  max_image_pixels: int = preprocessing.MAX_IMAGE_PIXELS
+  max_image_pixels: int = decoding.MAX_IMAGE_PIXELS
 
 
 def export_from_workdir(config: ExportConfig) -> str:
@@ -591,7 +593,7 @@ def _define_flags():
                        "instead of the centre crop; about 10x the compute per image.")
   flags.DEFINE_boolean("warmup", True, "Write assets.extra/tf_serving_warmup_requests.")
   flags.DEFINE_string("model_name", "alexnet", "Model name in the warm-up requests.")
-  flags.DEFINE_integer("max_image_pixels", preprocessing.MAX_IMAGE_PIXELS, "The served model "
+  flags.DEFINE_integer("max_image_pixels", decoding.MAX_IMAGE_PIXELS, "The served model "
                        "refuses images whose header declares more pixels (width x height), "
                        "before decoding: bounds the memory of a request.", lower_bound=1)
   flags.mark_flags_as_required(["workdir", "export_dir"])

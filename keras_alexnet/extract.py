@@ -52,8 +52,8 @@ def features_of(features_model, images, stats, mean: str = "per_pixel") -> np.nd
 
 
 def _decode(data: bytes) -> np.ndarray:
-  from keras_alexnet import preprocessing  # pylint: disable=g-import-not-at-top
-  return preprocessing.decode_to_stored(data).numpy()
+  from keras_alexnet import decoding  # pylint: disable=g-import-not-at-top
+  return decoding.decode_to_stored(data).numpy()
 
 
 def _first_line(message: str) -> str:
@@ -95,19 +95,19 @@ def read_split(data_dir: str, split: str, batch_size: int, label_offset: int = 0
                ) -> Iterable[Tuple[np.ndarray, np.ndarray, List[str]]]:
   """(uint8 [B, 256, 256, 3] images, int [B] labels, [B] image/filename) batches of a split
   of the builder's shards, in file order: what evaluation reads, with the file names."""
-  from keras_alexnet import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import data_sources  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import decoding  # pylint: disable=g-import-not-at-top
   from keras_alexnet import features  # pylint: disable=g-import-not-at-top
-  from keras_alexnet import preprocessing  # pylint: disable=g-import-not-at-top
-  files = dataset_lib.list_shards(data_dir, split)
+  files = data_sources.list_shards(data_dir, split)
   if not files:
     raise FileNotFoundError(f"{data_dir} holds no {split} shards ({split}-NNNNN-of-NNNNN); "
-                            f"build them with `{dataset_lib.BUILD_COMMAND}`.")
+                            f"build them with `{data_sources.BUILD_COMMAND}`.")
   spec = {k: features.FEATURE_SPEC[k] for k in (features.ENCODED, features.LABEL,
                                                  features.FILENAME)}
 
   def parse(records):
     parsed = tf.io.parse_example(records, spec)
-    images = tf.map_fn(preprocessing.decode_to_stored, parsed[features.ENCODED],
+    images = tf.map_fn(decoding.decode_to_stored, parsed[features.ENCODED],
                        fn_output_signature=tf.TensorSpec([256, 256, 3], tf.uint8))
     return images, parsed[features.LABEL] - label_offset, parsed[features.FILENAME]
 
@@ -118,8 +118,8 @@ def read_split(data_dir: str, split: str, batch_size: int, label_offset: int = 0
 
 def count_records(data_dir: str, split: str) -> int:
   """The split's example count, from dataset_info.json (or by reading the shards)."""
-  from keras_alexnet import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  return int(dataset_lib.dataset_metadata(dataset_lib.DataConfig(data_dir))
+  from keras_alexnet import data_sources  # pylint: disable=g-import-not-at-top
+  return int(data_sources.dataset_metadata(data_sources.DataConfig(data_dir))
              ["num_examples"].get(split, 0))
 
 

@@ -32,10 +32,13 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import bench
+from keras_alexnet import data_sources
 from keras_alexnet import dataset
 from keras_alexnet import dataset_info
+from keras_alexnet import decoding
 from keras_alexnet import features
 from keras_alexnet import files
+from keras_alexnet import model as model_lib
 from keras_alexnet import preprocessing
 
 JPEG_QUALITY = 95   # tfrecords.build's default; sets how hard decoding is.
@@ -50,7 +53,7 @@ def cores() -> int:
 def _natural_image(rng):
   """A 256x256 image with photo-like statistics for the codec: smooth shapes plus grain (pure
   noise would make JPEGs several times larger and slower to decode than photographs)."""
-  size = preprocessing.STORED_SIZE
+  size = decoding.STORED_SIZE
   coarse = rng.uniform(0, 255, (1, 8, 8, 3)).astype(np.float32)
   image = tf.image.resize(coarse, [size, size], method="bicubic")[0].numpy()
   image += rng.normal(0, 6, image.shape)
@@ -81,7 +84,7 @@ def write_records(data_dir: str, num_images: int, num_shards: int = 16, seed: in
                                            filename=f"{i}.JPEG", height=256, width=256,
                                            image_format=image_format))
   files.write_json(os.path.join(data_dir, dataset_info.FILENAME), {
-      "format": "keras_alexnet", "label_offset": 0, "image_size": preprocessing.STORED_SIZE,
+      "format": "keras_alexnet", "label_offset": 0, "image_size": decoding.STORED_SIZE,
       "num_classes": 1000, "classes": None, "encoding": encoding,
       "splits": {"train": {"num_examples": num_images, "num_shards": num_shards}}})
   return data_dir
@@ -89,7 +92,7 @@ def write_records(data_dir: str, num_images: int, num_shards: int = 16, seed: in
 
 def shard_jpegs(data_dir: str) -> List[bytes]:
   """The encoded images of data_dir's training shards, in file order."""
-  files = dataset.list_shards(data_dir, "train")
+  files = data_sources.list_shards(data_dir, "train")
   return [tf.train.Example.FromString(r.numpy()).features.feature[features.ENCODED]
           .bytes_list.value[0] for r in tf.data.TFRecordDataset(files)]
 
@@ -97,7 +100,7 @@ def shard_jpegs(data_dir: str) -> List[bytes]:
 def evict_from_page_cache(data_dir: str) -> None:
   """Asks the kernel to drop data_dir's shards from the page cache (posix_fadvise
   DONTNEED: no privileges needed, only these files), so the next pass reads the disk."""
-  for path in dataset.list_shards(data_dir, "train"):
+  for path in data_sources.list_shards(data_dir, "train"):
     with open(path, "rb") as f:
       os.fsync(f.fileno())   # dirty pages are not dropped
       os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
@@ -111,7 +114,7 @@ def _timed(iterable):
   return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _pipeline_pass(config: dataset.DataConfig, batch_size: int):
+def _pipeline_pass(config: data_sources.DataConfig, batch_size: int):
   """A function that times one training epoch (a new one each call) of `create_split`. The
   epoch's dataset is built before the clock starts: building it (listing shards, tracing the
   parse function) is a fixed cost per epoch, reported on its own by `setup_seconds`, that a
@@ -125,7 +128,7 @@ def _pipeline_pass(config: dataset.DataConfig, batch_size: int):
   return run
 
 
-def setup_seconds(config: dataset.DataConfig, batch_size: int, repeats: int = 3) -> float:
+def setup_seconds(config: data_sources.DataConfig, batch_size: int, repeats: int = 3) -> float:
   """Median wall time of building one epoch's dataset with `create_split`."""
   times = []
   for epoch in range(repeats):
@@ -171,7 +174,7 @@ class CpuFigures:
 TARGETS = (("jpeg", "bound", 0.9), ("jpeg", "pil", 1.5), ("raw", "jpeg", 5.0))
 
 
-def cpu_figures(config: dataset.DataConfig, batch_size: int, repeats: int = 5,
+def cpu_figures(config: data_sources.DataConfig, batch_size: int, repeats: int = 5,
                 raw_dir: Optional[str] = None, pil_workers: int = 0,
                 options: bool = False) -> CpuFigures:
   """The CPU pipeline against decode_jpeg alone and, if asked, against the PIL loader
@@ -183,7 +186,7 @@ def cpu_figures(config: dataset.DataConfig, batch_size: int, repeats: int = 5,
   """
   import contextlib  # pylint: disable=g-import-not-at-top
   from keras_alexnet import pil_loader  # pylint: disable=g-import-not-at-top
-  num = dataset.dataset_metadata(config)["num_examples"]["train"] // batch_size * batch_size
+  num = data_sources.dataset_metadata(config)["num_examples"]["train"] // batch_size * batch_size
   jpegs = shard_jpegs(config.data_dir)
   passes = {"bound": _decode_pass(config.data_dir, batch_size, jpegs),
             "jpeg": _pipeline_pass(config, batch_size)}
@@ -231,7 +234,7 @@ def augment_rate(batch_size: int, jit_compile: bool, repeats: int = 5,
   the default device."""
   rng = np.random.default_rng(0)
   images = tf.constant(rng.integers(0, 256, (batch_size, 256, 256, 3), dtype=np.uint8))
-  stats = dataclasses.replace(preprocessing.imagenet_statistics(), mean_image=rng.uniform(
+  stats = dataclasses.replace(dataset_info.imagenet_statistics(), mean_image=rng.uniform(
       0, 255, (256, 256, 3)).astype(np.float32))
   step = tf.Variable(0, dtype=tf.int64)
 
@@ -248,11 +251,11 @@ def map_fn_crop_rate(batch_size: int, repeats: int = 5) -> float:
   """Images/s of the per-image alternative: map_fn of crop_to_bounding_box + a mirror."""
   rng = np.random.default_rng(0)
   images = tf.constant(rng.integers(0, 256, (batch_size, 256, 256, 3), dtype=np.uint8))
-  size = preprocessing.IMAGE_SIZE
+  size = model_lib.IMAGE_SIZE
 
   @tf.function
   def crop():
-    offsets = tf.random.uniform([batch_size, 2], 0, preprocessing.MAX_OFFSET + 1, tf.int32)
+    offsets = tf.random.uniform([batch_size, 2], 0, decoding.MAX_OFFSET + 1, tf.int32)
     mirror = tf.random.uniform([batch_size]) < 0.5
 
     def one(args):
@@ -277,14 +280,14 @@ def rows(num_images: int = 2048, batch_size: int = 128, data_dir: Optional[str] 
     if data_dir is None:
       data_dir = write_records(os.path.join(tmp, "records"), num_images)
     else:
-      num_images = dataset.dataset_metadata(dataset.DataConfig(data_dir))["num_examples"][
+      num_images = data_sources.dataset_metadata(data_sources.DataConfig(data_dir))["num_examples"][
           "train"]
     raw_dir = write_records(os.path.join(tmp, "raw"), 0, encoding="raw",
                             jpegs=shard_jpegs(data_dir))
     # A buffer of a quarter epoch at most: the default 10,000 would hold a small epoch whole,
     # and filling it (reading without decoding) would be most of the time, while on ImageNet
     # it is under 1% of an epoch.
-    config = dataset.DataConfig(data_dir, shuffle_buffer=max(1, min(10_000, num_images // 4)))
+    config = data_sources.DataConfig(data_dir, shuffle_buffer=max(1, min(10_000, num_images // 4)))
     cpu = cpu_figures(config, batch_size, repeats, raw_dir=raw_dir, pil_workers=n,
                       options=True)
     setup = setup_seconds(config, batch_size)

@@ -30,7 +30,9 @@ import tensorflow as tf
 from keras_alexnet import bounded_input
 from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
+from keras_alexnet import data_sources
 from keras_alexnet import dataset as dataset_lib
+from keras_alexnet import dataset_info
 from keras_alexnet import distribute
 from keras_alexnet import files
 from keras_alexnet import optimizer as optimizer_lib
@@ -260,7 +262,7 @@ def make_eval_step(model, strategy, stats, mean, distributed):
   return eval_step
 
 
-def validation_batches(strategy, data: dataset_lib.DataConfig, batch_size: int, steps: int,
+def validation_batches(strategy, data: data_sources.DataConfig, batch_size: int, steps: int,
                        num_examples: int, distributed: bool):
   """A function that yields one validation pass (the whole split, or its first `steps`
   batches) per call, every call the same batches, all from one iterator made at the first
@@ -287,7 +289,7 @@ def validation_batches(strategy, data: dataset_lib.DataConfig, batch_size: int, 
   return one_pass
 
 
-def evaluate_split(eval_step, strategy, data: dataset_lib.DataConfig, batch_size: int,
+def evaluate_split(eval_step, strategy, data: data_sources.DataConfig, batch_size: int,
                    steps: int, distributed: bool, batches=None, timeout: float = 0.0,
                    signals=None, on_stop=None) -> dict:
   """Validation loss and top-1/top-5 error over the whole split (or `steps` batches).
@@ -312,7 +314,7 @@ def evaluate_split(eval_step, strategy, data: dataset_lib.DataConfig, batch_size
           "examples": int(n)}
 
 
-def _input_source(data: dataset_lib.DataConfig) -> str:
+def _input_source(data: data_sources.DataConfig) -> str:
   if data.data_service_address:
     return f"the tf.data service at {data.data_service_address}"
   return f"the shards in {data.data_dir}"
@@ -503,7 +505,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
   # What the dataset itself says, without --num_classes: this project's shards declare their
   # classes, and a different --num_classes is a mistake. Model Garden and TFDS shards do not
   # (1000 assumed), and there --num_classes=1001 keeps their background class.
-  data_meta = dataset_lib.dataset_metadata(dataclasses.replace(config.data, num_classes=None))
+  data_meta = data_sources.dataset_metadata(dataclasses.replace(config.data, num_classes=None))
   num_classes = data_meta["num_classes"]
   wanted = config.model.num_classes
   if wanted is not None and wanted != num_classes:
@@ -514,13 +516,13 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
   num_train = data_meta["num_examples"]["train"]
   if num_train == 0:
     raise FileNotFoundError(f"{config.data.data_dir} holds no training shards; build them with "
-                            f"`{dataset_lib.BUILD_COMMAND}`.")
+                            f"`{data_sources.BUILD_COMMAND}`.")
   has_validation = data_meta["num_examples"].get("validation", 0) > 0
   if not has_validation and t.schedule.kind == "plateau":
     logging.warning("No validation split: the plateau schedule will never lower the learning "
                     "rate. Use --lr_schedule=step, or build a validation split.")
-  stats = (preprocessing.imagenet_statistics() if config.data.synthetic
-           else preprocessing.statistics_from_dataset_info(config.data.data_dir))
+  stats = (dataset_info.imagenet_statistics() if config.data.synthetic
+           else dataset_info.statistics_from_dataset_info(config.data.data_dir))
 
   if strategy is None:
     strategy, tower_devices = make_strategy(t, paper_net=config.model.variant == "paper")

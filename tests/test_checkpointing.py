@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 from keras_alexnet import checkpointing
+from keras_alexnet import dataset_info
 from keras_alexnet import files
 from keras_alexnet import model as model_lib
-from keras_alexnet import preprocessing
 
 
 def _checkpoint(value):
@@ -89,7 +89,7 @@ def _workdir(tmp_path, model_config, tiny=False):
       "model_config": checkpointing.model_config_to_json(model_config), "tiny_model": tiny,
       "num_classes": model_config.num_classes, "classes": None, "data_dir": "/nowhere",
       "augment": {"mean": "per_channel"}})
-  checkpointing.save_statistics(workdir, preprocessing.imagenet_statistics())
+  checkpointing.save_statistics(workdir, dataset_info.imagenet_statistics())
   store = checkpointing.CheckpointStore(workdir)
   store.save(tf.train.Checkpoint(model=checkpointing.checkpointed_variables(model)), 7,
              {"step": 7})
@@ -106,7 +106,7 @@ def test_load_model_rebuilds_the_paper_net(tmp_path):
   assert model.count_params() == trained.count_params()
   np.testing.assert_allclose(model(x), trained(x), rtol=1e-5, atol=1e-6)
   stats = checkpointing.load_statistics(workdir)
-  np.testing.assert_allclose(stats.mean_rgb, preprocessing.IMAGENET_MEAN_RGB, rtol=1e-6)
+  np.testing.assert_allclose(stats.mean_rgb, dataset_info.IMAGENET_MEAN_RGB, rtol=1e-6)
 
 
 def test_load_model_accepts_workdir_step_dir_or_prefix(tmp_path):

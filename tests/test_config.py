@@ -10,7 +10,7 @@ from absl import flags
 import pytest
 
 from keras_alexnet import config as config_lib
-from keras_alexnet import dataset
+from keras_alexnet import data_sources
 from keras_alexnet import model
 from keras_alexnet import optimizer
 from keras_alexnet import preprocessing
@@ -114,7 +114,7 @@ def test_unknown_enum_values_are_refused_by_the_parser(parse):
 
 def test_check_train_config_on_plain_configs():
   config = config_lib.Config(model=config_lib.model_lib.ModelConfig(),
-                             data=config_lib.dataset_lib.DataConfig("/d"),
+                             data=config_lib.data_sources.DataConfig("/d"),
                              augment=config_lib.preprocessing.AugmentConfig(),
                              train=config_lib.TrainConfig())
   config_lib.check_train_config(config)
@@ -166,7 +166,7 @@ def _paper_config(**train):
       model=model.ModelConfig(num_classes=None, variant="paper", activation="relu", lrn=True,
                               pooling="overlapping", dropout=0.5, remove=(), init="paper",
                               input_scale=1.0, conv6=False),
-      data=dataset.DataConfig(data_dir="/data", format="auto", label_offset=None,
+      data=data_sources.DataConfig(data_dir="/data", format="auto", label_offset=None,
                               shuffle_buffer=10_000, private_threadpool_size=0, cache=False,
                               data_service_address=None, synthetic=False, deterministic=False,
                               seed=0, num_classes=None),
@@ -233,7 +233,7 @@ def test_flags_txt_lists_the_flags_in_their_old_order(parse):
 
 def test_flag_defaults_are_the_dataclass_defaults():
   """Read from the dataclasses here, not through config.py's own field lookup."""
-  roots = {"model": model.ModelConfig(), "data": dataset.DataConfig("no default"),
+  roots = {"model": model.ModelConfig(), "data": data_sources.DataConfig("no default"),
            "augment": preprocessing.AugmentConfig(), "train": config_lib.TrainConfig(),
            "eval": config_lib.EvalConfig()}
   fv = flags.FlagValues()
@@ -275,7 +275,7 @@ def test_flag_types_and_choices():
   assert {n for n in kinds if type(fv[n].parser).__name__ == "ListParser"} == {
       "remove", "step_epochs", "devices", "workdirs", "views"}
   assert fv["strategy"].parser.enum_values == list(config_lib.STRATEGIES)
-  assert fv["data_format"].parser.enum_values == ["auto", *dataset.FORMATS]
+  assert fv["data_format"].parser.enum_values == ["auto", *data_sources.FORMATS]
   assert fv["label_offset"].flag_type() == "int" and fv["input_scale"].flag_type() == "float"
 
 
@@ -342,4 +342,4 @@ def test_eval_config_fields(parse):
       config_lib.EvalConfig(workdirs=("/a",)))
   data = config_lib.data_config_from_flags(parse("--data_dir=/x", "--data_format=tfds",
                                                  "--cache"), seed=3)
-  assert data == dataset.DataConfig("/x", format="tfds", cache=True, seed=3)
+  assert data == data_sources.DataConfig("/x", format="tfds", cache=True, seed=3)

@@ -7,7 +7,8 @@ import tensorflow as tf
 
 from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
-from keras_alexnet import dataset as dataset_lib
+from keras_alexnet import data_sources
+from keras_alexnet import dataset_info
 from keras_alexnet import export
 from keras_alexnet import model as model_lib
 from keras_alexnet import preprocessing
@@ -76,7 +77,7 @@ def test_conv6_two_device_placement_matches_single_device():
 
 def test_conv6_export_serves_the_models_probabilities(tmp_path):
   net = alexnet(num_classes=5, conv6=True, init="he", devices=("/cpu:0", "/cpu:1"))
-  stats = preprocessing.imagenet_statistics()
+  stats = dataset_info.imagenet_statistics()
   path = export.export_saved_model(net, {"classes": None}, stats, str(tmp_path), warmup=False)
   loaded = tf.saved_model.load(path)
   rng = np.random.default_rng(0)
@@ -109,7 +110,7 @@ def test_conv6_flag_and_what_it_cannot_follow(tmp_path):
   with pytest.raises(ValueError, match=r"conv6 must be True or False; received 'yes'"):
     alexnet(conv6="yes")
   config = config_lib.Config(
-      model=model_lib.ModelConfig(), data=dataset_lib.DataConfig(str(tmp_path)),
+      model=model_lib.ModelConfig(), data=data_sources.DataConfig(str(tmp_path)),
       augment=preprocessing.AugmentConfig(),
       train=config_lib.TrainConfig(trainable_from="conv6"))
   with pytest.raises(ValueError, match=r"--trainable_from must be a layer of the model: conv6 "

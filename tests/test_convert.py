@@ -551,7 +551,7 @@ def test_torchvision_end_to_end(torch_params, files, image, tmp_path):
 
 def test_converted_net_fine_tunes_one_step(caffe_params, files, tmp_path):
   from keras_alexnet import config as config_lib
-  from keras_alexnet import dataset as dataset_lib
+  from keras_alexnet import data_sources
   from keras_alexnet import model as model_lib
   from keras_alexnet import preprocessing
   from keras_alexnet import training
@@ -564,7 +564,7 @@ def test_converted_net_fine_tunes_one_step(caffe_params, files, tmp_path):
                                      validation=2)
   config = config_lib.Config(
       model=model_lib.ModelConfig(num_classes=None),
-      data=dataset_lib.DataConfig(data_dir, deterministic=True, shuffle_buffer=2),
+      data=data_sources.DataConfig(data_dir, deterministic=True, shuffle_buffer=2),
       augment=preprocessing.AugmentConfig(random_crop=False, mirror=False, pca_lighting=False),
       train=config_lib.TrainConfig(batch_size=2, epochs=1, steps_per_epoch=1, eval_steps=1,
                                    log_every_steps=1, lr_scaling="none", learning_rate=0.001,

@@ -14,6 +14,7 @@ import pytest
 
 import keras_alexnet
 from keras_alexnet import data_service
+from keras_alexnet import data_sources
 from keras_alexnet import dataset
 import tiny_data  # tests/tiny_data.py
 from test_dataset import collect, identify, write_info, write_shards
@@ -89,7 +90,7 @@ def test_dispatcher_and_worker_serve_batches(tmp_path, servers):
   assert wait_for_address(dispatcher) == f"grpc://localhost:{port}"
   assert wait_for_address(worker).startswith("127.0.0.1:")
 
-  config = dataset.DataConfig(data_dir, data_service_address=f"grpc://127.0.0.1:{port}")
+  config = data_sources.DataConfig(data_dir, data_service_address=f"grpc://127.0.0.1:{port}")
   images, labels = collect(dataset.create_split(config, True, 3))
   # One worker reads all 12 training examples, each once, in batches of 3.
   assert len(images) == 4 and all(x.shape == (3, 256, 256, 3) for x in images)
@@ -115,7 +116,7 @@ def test_bad_launcher_settings(config, message):
 
 
 def test_data_service_and_cache_do_not_mix(tmp_path):
-  config = dataset.DataConfig(str(tmp_path), cache=True,
+  config = data_sources.DataConfig(str(tmp_path), cache=True,
                               data_service_address="grpc://127.0.0.1:5050")
   with pytest.raises(ValueError, match="cache"):
     dataset.create_split(config, True, 2)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_alexnet import data_sources
 from keras_alexnet import dataset
 from keras_alexnet import dataset_info
 from keras_alexnet import features
@@ -94,7 +95,7 @@ def collect(ds):
 
 
 def test_train_split_shapes_labels_and_one_epoch(ours):
-  config = dataset.DataConfig(ours, shuffle_buffer=8)
+  config = data_sources.DataConfig(ours, shuffle_buffer=8)
   images, labels = collect(dataset.create_split(config, train=True, batch_size=5))
   assert len(images) == 4                           # 24 examples, drop_remainder
   for x, y in zip(images, labels):
@@ -106,20 +107,13 @@ def test_train_split_shapes_labels_and_one_epoch(ours):
 
 
 def test_validation_is_every_example_in_file_order(ours):
-  config = dataset.DataConfig(ours)
+  config = data_sources.DataConfig(ours)
   images, labels = collect(dataset.create_split(config, train=False, batch_size=4))
   assert [len(y) for y in labels] == [4, 4, 2]
   colour_labels, indices = identify(np.concatenate(images))
   np.testing.assert_array_equal(indices, np.arange(25, 35))
   np.testing.assert_array_equal(colour_labels, np.concatenate(labels))
   np.testing.assert_array_equal(np.concatenate(labels), np.arange(25, 35) % 8)
-
-
-def test_metadata(ours):
-  meta = dataset.dataset_metadata(dataset.DataConfig(ours))
-  assert meta["format"] == "keras_alexnet" and meta["num_classes"] == 8
-  assert meta["num_examples"] == {"train": 24, "validation": 10}
-  assert meta["classes"][3] == ["n00000003", "class 3"] and meta["image_size"] == S
 
 
 def epoch_order(config, epoch, skip_batches=0, batch_size=4):
@@ -129,12 +123,12 @@ def epoch_order(config, epoch, skip_batches=0, batch_size=4):
 
 
 def test_deterministic_epochs_and_mid_epoch_resume(ours):
-  config = dataset.DataConfig(ours, deterministic=True, shuffle_buffer=10, seed=3)
+  config = data_sources.DataConfig(ours, deterministic=True, shuffle_buffer=10, seed=3)
   first = epoch_order(config, epoch=2)
   assert len(first) == 6
   assert epoch_order(config, epoch=2) == first
   assert epoch_order(config, epoch=3) != first
-  assert epoch_order(dataset.DataConfig(ours, deterministic=True, shuffle_buffer=10, seed=4),
+  assert epoch_order(data_sources.DataConfig(ours, deterministic=True, shuffle_buffer=10, seed=4),
                      epoch=2) != first
   assert epoch_order(config, epoch=2, skip_batches=2) == first[2:]
   assert epoch_order(config, epoch=2, skip_batches=6) == []
@@ -146,7 +140,7 @@ def test_skipped_records_are_not_decoded(tmp_path):
   write_shards(data_dir, "train", 1, 12,
                encoded_fn=lambda i: b"not a jpeg" if i < 6 else None)
   write_info(data_dir, 12, 0)
-  config = dataset.DataConfig(data_dir, deterministic=True, shuffle_buffer=1)
+  config = data_sources.DataConfig(data_dir, deterministic=True, shuffle_buffer=1)
   with pytest.raises(tf.errors.InvalidArgumentError):
     collect(dataset.create_split(config, True, 3))
   images, _ = collect(dataset.create_split(config, True, 3, skip_batches=2))
@@ -157,7 +151,7 @@ def test_multi_worker_sharding_gives_disjoint_files(tmp_path):
   data_dir = str(tmp_path)
   write_shards(data_dir, "train", 4, 3, label_fn=lambda shard, index: shard)
   write_info(data_dir, 12, 0)
-  config = dataset.DataConfig(data_dir)
+  config = data_sources.DataConfig(data_dir)
   seen = []
   for pipeline in range(2):
     context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline,
@@ -177,8 +171,8 @@ def test_model_garden_records(tmp_path):
   write_shards(data_dir, "train", 2, 4, label_offset=1, size_fn=lambda i: sizes[i % 4])
   write_shards(data_dir, "validation", 1, 6, label_offset=1, start=8,
                size_fn=lambda i: sizes[i % 4])
-  config = dataset.DataConfig(data_dir)
-  meta = dataset.dataset_metadata(config)
+  config = data_sources.DataConfig(data_dir)
+  meta = data_sources.dataset_metadata(config)
   assert meta["format"] == "model_garden" and meta["label_offset"] == 1
   assert meta["num_examples"] == {"train": 8, "validation": 6}
   images, labels = collect(dataset.create_split(config, False, 6))
@@ -186,7 +180,7 @@ def test_model_garden_records(tmp_path):
   np.testing.assert_array_equal(labels[0], np.arange(8, 14) % 8)
   np.testing.assert_array_equal(identify(images[0])[0], labels[0])
   # The offset by flag: keep the stored labels (1-based, background class 0).
-  keep = dataset.DataConfig(data_dir, label_offset=0, num_classes=9)
+  keep = data_sources.DataConfig(data_dir, label_offset=0, num_classes=9)
   _, labels = collect(dataset.create_split(keep, False, 6))
   np.testing.assert_array_equal(labels[0], np.arange(8, 14) % 8 + 1)
 
@@ -202,8 +196,8 @@ def test_tfds_records(tmp_path):
                  {"name": "validation", "shardLengths": ["4"]}]})
   with open(os.path.join(data_dir, "label.labels.txt"), "w") as f:
     f.write("\n".join(f"n{i:08d}" for i in range(8)) + "\n")
-  config = dataset.DataConfig(data_dir)
-  meta = dataset.dataset_metadata(config)
+  config = data_sources.DataConfig(data_dir)
+  meta = data_sources.dataset_metadata(config)
   assert meta["format"] == "tfds" and meta["num_classes"] == 8
   assert meta["num_examples"] == {"train": 6, "validation": 4}
   assert meta["classes"][2] == ["n00000002", "n00000002"]
@@ -218,7 +212,7 @@ def test_cache_keeps_decoded_images_across_epochs(tmp_path):
   data_dir = str(tmp_path)
   write_shards(data_dir, "train", 2, 4)
   write_info(data_dir, 8, 0)
-  config = dataset.DataConfig(data_dir, cache=True, deterministic=True, shuffle_buffer=8)
+  config = data_sources.DataConfig(data_dir, cache=True, deterministic=True, shuffle_buffer=8)
   first = epoch_order(config, epoch=0, batch_size=2)
   for name in os.listdir(data_dir):
     if name.startswith("train-"):
@@ -231,7 +225,7 @@ def test_cache_keeps_decoded_images_across_epochs(tmp_path):
 
 
 def test_synthetic():
-  config = dataset.DataConfig("", synthetic=True, num_classes=10)
+  config = data_sources.DataConfig("", synthetic=True, num_classes=10)
   ds = dataset.create_split(config, True, 8)
   assert int(ds.cardinality()) == 1_281_167 // 8
   assert int(dataset.create_split(config, True, 8, skip_batches=10).cardinality()) == (
@@ -240,62 +234,17 @@ def test_synthetic():
   assert images.shape == (8, S, S, 3) and images.dtype == tf.uint8
   assert len(np.unique(images.numpy())) > 200
   assert labels.dtype == tf.int32 and 0 <= labels.numpy().min() and labels.numpy().max() < 10
-  assert dataset.dataset_metadata(config)["num_classes"] == 10
+  assert data_sources.dataset_metadata(config)["num_classes"] == 10
 
 
 # Bad input.
-
-
-def test_no_shards(tmp_path):
-  with pytest.raises(FileNotFoundError, match="tfrecords.build"):
-    dataset.dataset_metadata(dataset.DataConfig(str(tmp_path)))
-  with pytest.raises(FileNotFoundError, match="does not exist"):
-    dataset.create_split(dataset.DataConfig(str(tmp_path / "nope")), True, 2)
 
 
 def test_missing_split(tmp_path):
   write_shards(str(tmp_path), "train", 1, 2)
   write_info(str(tmp_path), 2, 0)
   with pytest.raises(FileNotFoundError, match="no validation shards"):
-    dataset.create_split(dataset.DataConfig(str(tmp_path)), False, 2)
-
-
-def test_temporary_and_foreign_files_are_not_shards(tmp_path):
-  write_shards(str(tmp_path), "train", 2, 1)
-  write_info(str(tmp_path), 2, 0)
-  for name in (".tmp-train-00001-of-00002", "train-00001-of-00002.host-12.tmp",
-               "train-00000-of-00002.json", "notes-train.txt"):
-    (tmp_path / name).write_bytes(b"not a shard")
-  assert [os.path.basename(p) for p in dataset.list_shards(str(tmp_path), "train")] == [
-      "train-00000-of-00002", "train-00001-of-00002"]
-
-
-def test_incomplete_shard_set(tmp_path):
-  write_shards(str(tmp_path), "train", 3, 1)
-  os.remove(tmp_path / features.shard_name("train", 1, 3))
-  with pytest.raises(ValueError, match="missing indices \\[1\\]"):
-    dataset.dataset_metadata(dataset.DataConfig(str(tmp_path)))
-
-
-def test_records_of_no_known_schema(tmp_path):
-  path = str(tmp_path / features.shard_name("train", 0, 1))
-  with tf.io.TFRecordWriter(path) as writer:
-    writer.write(tf.train.Example(features=tf.train.Features(feature={
-        "pixels": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x"]))
-    })).SerializeToString())
-  with pytest.raises(ValueError, match=r"no known schema.*\['pixels'\]"):
-    dataset.create_split(dataset.DataConfig(str(tmp_path)), True, 1)
-
-
-def test_records_that_do_not_match_the_format_asked_for(ours):
-  with pytest.raises(ValueError, match="format 'tfds' needs"):
-    dataset.dataset_metadata(dataset.DataConfig(ours, format="tfds"))
-
-
-def test_a_file_that_is_not_a_tfrecord(tmp_path):
-  (tmp_path / features.shard_name("train", 0, 1)).write_bytes(b"hello, this is text" * 20)
-  with pytest.raises(ValueError, match="train-00000-of-00001.*corrupted or not a TFRecord"):
-    dataset.dataset_metadata(dataset.DataConfig(str(tmp_path)))
+    dataset.create_split(data_sources.DataConfig(str(tmp_path)), False, 2)
 
 
 def damage(path, record, how):
@@ -326,7 +275,7 @@ def test_corrupted_shard_is_named_in_bounded_time(tmp_path, how):
       bad = features.shard_name("validation", 1, 2)
     start = time.monotonic()
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"Corrupted or truncated.*{bad}"):
-      collect(dataset.create_split(dataset.DataConfig(data_dir), train, 2))
+      collect(dataset.create_split(data_sources.DataConfig(data_dir), train, 2))
     assert time.monotonic() - start < 60
 
 
@@ -335,7 +284,7 @@ def test_image_that_is_not_256_in_a_256_dataset(tmp_path):
   write_shards(data_dir, "validation", 1, 3, size_fn=lambda i: (200, 300) if i == 1 else (S, S))
   write_info(data_dir, 0, 3)
   with pytest.raises(tf.errors.InvalidArgumentError, match="not 256x256.*img0001.JPEG"):
-    collect(dataset.create_split(dataset.DataConfig(data_dir), False, 3))
+    collect(dataset.create_split(data_sources.DataConfig(data_dir), False, 3))
 
 
 def test_label_out_of_range(tmp_path):
@@ -343,14 +292,4 @@ def test_label_out_of_range(tmp_path):
   write_shards(data_dir, "validation", 1, 2, label_fn=lambda shard, index: 7 + index)
   write_info(data_dir, 0, 2)
   with pytest.raises(tf.errors.InvalidArgumentError, match="Label out of range.*img0001"):
-    collect(dataset.create_split(dataset.DataConfig(data_dir), False, 2))
-
-
-@pytest.mark.parametrize("field,value,message", [
-    ("format", "csv", "format"), ("shuffle_buffer", 0, "shuffle_buffer"),
-    ("num_parallel_calls", 0, "num_parallel_calls"),
-    ("data_service_address", "http://x/y", "grpc://HOST:PORT"),
-])
-def test_bad_config(ours, field, value, message):
-  with pytest.raises(ValueError, match=message):
-    dataset.create_split(dataset.DataConfig(ours, **{field: value}), True, 2)
+    collect(dataset.create_split(data_sources.DataConfig(data_dir), False, 2))

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
+from keras_alexnet import data_sources
 from keras_alexnet import dataset as dataset_lib
 from keras_alexnet import evaluate
 from keras_alexnet import preprocessing
@@ -64,7 +65,7 @@ def runs(tmp_path_factory):
 
 def _expected(data_dir, workdirs):
   """Errors computed directly: every image, every view, every model, by hand."""
-  data = dataset_lib.DataConfig(data_dir)
+  data = data_sources.DataConfig(data_dir)
   images, labels = [], []
   for x, y in dataset_lib.create_split(data, train=False, batch_size=7):
     images.append(x.numpy())

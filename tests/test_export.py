@@ -20,6 +20,9 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from keras_alexnet import data_sources
+from keras_alexnet import dataset_info
+from keras_alexnet import decoding
 from keras_alexnet import export
 from keras_alexnet import preprocessing
 from keras_alexnet.model import alexnet
@@ -48,9 +51,9 @@ def stats():
   """Statistics with a per-pixel mean image that differs from pixel to pixel, so a crop taken
   at the wrong place or a missing mean would show."""
   rng = np.random.default_rng(7)
-  mean_image = rng.uniform(60, 180, (preprocessing.STORED_SIZE, preprocessing.STORED_SIZE, 3))
-  published = preprocessing.imagenet_statistics()
-  return preprocessing.Statistics(
+  mean_image = rng.uniform(60, 180, (decoding.STORED_SIZE, decoding.STORED_SIZE, 3))
+  published = dataset_info.imagenet_statistics()
+  return dataset_info.Statistics(
       mean_image=mean_image.astype(np.float32), mean_rgb=mean_image.mean(axis=(0, 1)),
       eigenvalues=published.eigenvalues, eigenvectors=published.eigenvectors, source="test")
 
@@ -94,7 +97,7 @@ def keras_probabilities(model, crops):
 
 def eval_crops(image_bytes, stats):
   """What `evaluate` feeds the model: the stored 256x256 images, centre-cropped in a batch."""
-  stored = tf.stack([preprocessing.decode_to_stored(b) for b in image_bytes])
+  stored = tf.stack([decoding.decode_to_stored(b) for b in image_bytes])
   return preprocessing.center_crop(stored, stats)
 
 
@@ -270,7 +273,7 @@ def test_ten_views_average_the_softmax_of_the_papers_patches(images, stats, tmp_
   serve = tf.saved_model.load(path).signatures["serving_default"]
   image_bytes = [images["jpeg"], images["cmyk_jpeg"]]
   got = serve(image_bytes=tf.constant(image_bytes))["probabilities"].numpy()
-  stored = tf.stack([preprocessing.decode_to_stored(b) for b in image_bytes])
+  stored = tf.stack([decoding.decode_to_stored(b) for b in image_bytes])
   views = preprocessing.ten_views(stored, stats)
   expected = keras_probabilities(model, tf.reshape(views, [-1, 224, 224, 3]))
   expected = expected.reshape(2, 10, NUM_CLASSES).mean(axis=1)
@@ -325,13 +328,13 @@ def test_a_version_taken_while_exporting_is_not_overwritten(stats, tmp_path, mon
 CRASH = textwrap.dedent("""
     import os, signal, sys
     import keras, numpy as np
-    from keras_alexnet import export, preprocessing
+    from keras_alexnet import dataset_info, export
     model = keras.Sequential([keras.Input((224, 224, 3)), keras.layers.Flatten(),
                               keras.layers.Dense(3)])
     def die(*args, **kwargs):  # The power goes out while the warm-up file is written.
       os.kill(os.getpid(), signal.SIGKILL)
     export.write_warmup_requests = die
-    export.export_saved_model(model, {"classes": None}, preprocessing.imagenet_statistics(),
+    export.export_saved_model(model, {"classes": None}, dataset_info.imagenet_statistics(),
                               sys.argv[1])
 """)
 
@@ -409,14 +412,13 @@ def trained(tmp_path_factory):
   """A real run: a tiny dataset, two SGD steps of the test net, a validation pass."""
   import tiny_data  # pylint: disable=g-import-not-at-top  (tests/tiny_data.py)
   from keras_alexnet import config as config_lib  # pylint: disable=g-import-not-at-top
-  from keras_alexnet import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
   from keras_alexnet import model as model_lib  # pylint: disable=g-import-not-at-top
   from keras_alexnet import training  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("run")
   data_dir = tiny_data.write_dataset(str(root / "data"), num_classes=6, train=16, validation=12)
   config = config_lib.Config(
       model=model_lib.ModelConfig(num_classes=None),
-      data=dataset_lib.DataConfig(data_dir=data_dir, shuffle_buffer=16, deterministic=True),
+      data=data_sources.DataConfig(data_dir=data_dir, shuffle_buffer=16, deterministic=True),
       augment=preprocessing.AugmentConfig(),
       train=config_lib.TrainConfig(tiny_model=True, batch_size=8, epochs=1, steps_per_epoch=2,
                                    lr_scaling="none", log_every_steps=1, summary_images=False))
@@ -454,7 +456,7 @@ def test_export_command_on_a_trained_workdir_agrees_with_evaluate(trained, tmp_p
   model, metadata = checkpointing.load_model(workdir)
   stats = checkpointing.load_statistics(workdir)
   expected = keras_probabilities(model, preprocessing.center_crop(
-      tf.stack([preprocessing.decode_to_stored(b) for b in image_bytes]), stats,
+      tf.stack([decoding.decode_to_stored(b) for b in image_bytes]), stats,
       metadata["augment"]["mean"]))
   centre = tf.saved_model.load(str(base / "1")).signatures["serving_default"](
       image_bytes=tf.constant(image_bytes))

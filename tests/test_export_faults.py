@@ -16,8 +16,9 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from keras_alexnet import dataset_info
+from keras_alexnet import decoding
 from keras_alexnet import export
-from keras_alexnet import preprocessing
 import tiny_data
 from test_export import CLASSES, small_net
 
@@ -41,7 +42,7 @@ SERVE = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
   base = str(tmp_path_factory.mktemp("serving"))
-  stats = preprocessing.imagenet_statistics()
+  stats = dataset_info.imagenet_statistics()
   return export.export_saved_model(small_net(), {"classes": CLASSES}, stats, base,
                                    warmup=False)
 
@@ -87,15 +88,15 @@ def test_header_pixels_of_every_served_format():
                       ("WEBP", {"lossless": True})):
     buffer = io.BytesIO()
     Image.fromarray(picture).save(buffer, fmt, **kwargs)
-    assert int(preprocessing.header_pixels(buffer.getvalue())) == 37 * 53, (fmt, kwargs)
+    assert int(decoding.header_pixels(buffer.getvalue())) == 37 * 53, (fmt, kwargs)
   # TF's GIF decoder reads every frame: an animation counts the pixels of all its frames.
   frames = [Image.fromarray(tiny_data.photo(37, 53, 10 + i)) for i in range(3)]   # all differ
   buffer = io.BytesIO()
   frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
-  assert int(preprocessing.header_pixels(buffer.getvalue())) == 3 * 37 * 53
-  assert int(preprocessing.header_pixels(b"")) == -1
+  assert int(decoding.header_pixels(buffer.getvalue())) == 3 * 37 * 53
+  assert int(decoding.header_pixels(b"")) == -1
   with pytest.raises(tf.errors.InvalidArgumentError, match="limit of 1000"):
-    preprocessing.decode_to_stored(tiny_data.encode(picture, "PNG"), max_pixels=1000)
+    decoding.decode_to_stored(tiny_data.encode(picture, "PNG"), max_pixels=1000)
 
 
 def _export_cmd(workdir, base, *extra):
@@ -151,7 +152,7 @@ def test_an_export_killed_before_its_marker_is_still_known_as_its_own(tmp_path):
 
 
 def test_overwrite_removes_only_the_files_the_export_wrote(tmp_path):
-  stats = preprocessing.imagenet_statistics()
+  stats = dataset_info.imagenet_statistics()
   base = tmp_path / "serving"
   first = export.export_saved_model(small_net(seed=0), {"classes": CLASSES}, stats, str(base),
                                     version=1, warmup=False)

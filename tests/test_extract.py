@@ -10,9 +10,9 @@ from PIL import Image
 import pytest
 
 from keras_alexnet import checkpointing
+from keras_alexnet import dataset_info
 from keras_alexnet import extract
 from keras_alexnet import model as model_lib
-from keras_alexnet import preprocessing
 import tiny_data
 
 
@@ -67,7 +67,7 @@ def test_extract_command_writes_the_layers_output(run, tmp_path):
 def test_fc7_is_the_relu_of_fc6_and_fc7_over_pool5():
   net = model_lib.alexnet(num_classes=5, init="he")
   images = np.random.default_rng(0).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
-  stats = preprocessing.imagenet_statistics()
+  stats = dataset_info.imagenet_statistics()
   fc7 = extract.features_of(extract.layer_model(net, "fc7"), images, stats, "per_channel")
   pool5 = extract.features_of(extract.layer_model(net, "pool5"), images, stats, "per_channel")
   assert fc7.shape == (2, 4096) and pool5.shape == (2, 6, 6, 256)

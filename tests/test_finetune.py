@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
-from keras_alexnet import dataset as dataset_lib
+from keras_alexnet import data_sources
 from keras_alexnet import files
 from keras_alexnet import model as model_lib
 from keras_alexnet import preprocessing
@@ -53,7 +53,7 @@ def _config(data_dir, **train):
                   summary_images=False)
   return config_lib.Config(
       model=model_lib.ModelConfig(num_classes=None),
-      data=dataset_lib.DataConfig(data_dir, deterministic=True, shuffle_buffer=8),
+      data=data_sources.DataConfig(data_dir, deterministic=True, shuffle_buffer=8),
       augment=preprocessing.AugmentConfig(random_crop=False, mirror=False, pca_lighting=False),
       train=config_lib.TrainConfig(**{**defaults, **train}))
 

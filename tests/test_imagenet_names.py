@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from keras_alexnet import checkpointing
 from keras_alexnet import data as ilsvrc
-from keras_alexnet import dataset
+from keras_alexnet import data_sources
 from keras_alexnet import dataset_info
 from keras_alexnet import export
 from keras_alexnet import features
@@ -69,13 +69,14 @@ def _write_tfds(data_dir, label_file=True, train=16, validation=8, name="imagene
 def test_tfds_and_model_garden_imagenet_get_the_wordnet_names(tmp_path):
   for label_file in (True, False):
     data_dir = _write_tfds(str(tmp_path / f"tfds-{label_file}"), label_file)
-    meta = dataset.dataset_metadata(dataset.DataConfig(data_dir))
+    meta = data_sources.dataset_metadata(data_sources.DataConfig(data_dir))
     assert meta["format"] == "tfds" and meta["num_classes"] == 1000
     assert meta["classes"] == CLASSES and meta["classes"][1] == [
         "n01443537", "goldfish, Carassius auratus"]
   # Another TFDS dataset of wnid-less labels is not taken for ImageNet.
   other = _write_tfds(str(tmp_path / "food"), label_file=False, name="food101")
-  assert dataset.dataset_metadata(dataset.DataConfig(other, num_classes=4))["classes"] is None
+  meta = data_sources.dataset_metadata(data_sources.DataConfig(other, num_classes=4))
+  assert meta["classes"] is None
 
   # Model Garden: labels 1..1000, the record's synset is the packaged wnid of label - 1.
   for synset_of, expected in ((lambda label: CLASSES[label][0], CLASSES),
@@ -88,7 +89,7 @@ def test_tfds_and_model_garden_imagenet_get_the_wordnet_names(tmp_path):
           w.write(features.make_example(
               tf.io.encode_jpeg(np.zeros((8, 8, 3), np.uint8)).numpy(), label=i + 1,
               synset=synset_of(i), text="", filename=f"{i}.JPEG", height=8, width=8))
-    meta = dataset.dataset_metadata(dataset.DataConfig(data_dir))
+    meta = data_sources.dataset_metadata(data_sources.DataConfig(data_dir))
     assert meta["format"] == "model_garden" and meta["classes"] == expected
 
 

@@ -14,8 +14,10 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from keras_alexnet import data_sources
 from keras_alexnet import dataset
 from keras_alexnet import dataset_info
+from keras_alexnet import decoding
 from keras_alexnet import features
 from keras_alexnet import files
 from keras_alexnet import pil_loader
@@ -79,13 +81,14 @@ def test_builder_records_the_encoding(builds):
   assert all(sum(raw["splits"][k]["shard_bytes"]) > 3 * sum(jpeg["splits"][k]["shard_bytes"])
              for k in raw["splits"])
   assert build.verify(builds["out"]["raw"], workers=1, progress=False) == []
-  record = next(iter(tf.data.TFRecordDataset(dataset.list_shards(builds["out"]["raw"],
+  record = next(iter(tf.data.TFRecordDataset(data_sources.list_shards(builds["out"]["raw"],
                                                                  "train"))))
   parsed = tf.train.Example.FromString(record.numpy()).features.feature
   assert sorted(parsed) == sorted(features.FEATURE_SPEC)     # the same keys
   assert len(parsed[features.ENCODED].bytes_list.value[0]) == 256 * 256 * 3
   assert parsed[features.FORMAT].bytes_list.value[0] == b"RAW"
-  assert dataset.dataset_metadata(dataset.DataConfig(builds["out"]["raw"]))["encoding"] == "raw"
+  raw_config = data_sources.DataConfig(builds["out"]["raw"])
+  assert data_sources.dataset_metadata(raw_config)["encoding"] == "raw"
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -94,7 +97,7 @@ def test_raw_and_jpeg_give_the_same_batches_and_resume(builds, train):
   exactly, so within JPEG error of raw; same order; exact mid-epoch resume for both."""
   batches = {}
   for encoding, data_dir in builds["out"].items():
-    config = dataset.DataConfig(data_dir, deterministic=True, shuffle_buffer=4, seed=5)
+    config = data_sources.DataConfig(data_dir, deterministic=True, shuffle_buffer=4, seed=5)
     batches[encoding] = _batches(config, train, 4, epoch=1)
     resumed = _batches(config, train, 4, epoch=1, skip_batches=1)
     assert len(resumed) == len(batches[encoding]) - 1
@@ -116,7 +119,7 @@ def test_raw_and_jpeg_give_the_same_batches_and_resume(builds, train):
 
 
 def test_raw_cache_gives_the_uncached_images(builds):
-  config = dataset.DataConfig(builds["out"]["raw"], deterministic=True, shuffle_buffer=4)
+  config = data_sources.DataConfig(builds["out"]["raw"], deterministic=True, shuffle_buffer=4)
   cached = dataclasses.replace(config, cache=True)
   digest = lambda batches: sorted(hashlib.sha256(image.tobytes()).hexdigest() + str(label)
                                   for x, y in batches for image, label in zip(x, y))
@@ -142,7 +145,7 @@ def test_corrupted_raw_shard_is_named(builds, tmp_path):
   open(bad, "wb").write(bytes(data))
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match="Corrupted or truncated.*train-00001-of-00003"):
-    _batches(dataset.DataConfig(data_dir), True, 2)
+    _batches(data_sources.DataConfig(data_dir), True, 2)
 
 
 def _raw_shards(data_dir, sizes):
@@ -161,32 +164,32 @@ def _raw_shards(data_dir, sizes):
 
 
 def test_raw_record_of_the_wrong_size_is_named(tmp_path):
-  _raw_shards(str(tmp_path), [dataset.RAW_BYTES, dataset.RAW_BYTES - 3, dataset.RAW_BYTES])
+  _raw_shards(str(tmp_path), [decoding.RAW_BYTES, decoding.RAW_BYTES - 3, decoding.RAW_BYTES])
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=r"not 256x256x3 uint8 \(196608 bytes\).*train-00000-of-00001.*"
                            r"img1.JPEG.*196605"):
-    _batches(dataset.DataConfig(str(tmp_path)), True, 3)
+    _batches(data_sources.DataConfig(str(tmp_path)), True, 3)
 
 
 def test_dataset_info_that_disagrees_with_the_shards(builds, tmp_path):
   raw_dir = str(tmp_path / "raw")
-  _raw_shards(raw_dir, [dataset.RAW_BYTES] * 2)
+  _raw_shards(raw_dir, [decoding.RAW_BYTES] * 2)
   info = dataset_info.read(raw_dir)
   files.write_json(os.path.join(raw_dir, dataset_info.FILENAME),
                                  dict(info, encoding="jpeg"))
   with pytest.raises(ValueError, match=r"dataset_info.json says encoding 'jpeg', but "
                                        r".*train-00000-of-00001 holds image/format 'RAW'"):
-    dataset.create_split(dataset.DataConfig(raw_dir), True, 2)
+    dataset.create_split(data_sources.DataConfig(raw_dir), True, 2)
   jpeg_dir = str(tmp_path / "jpeg")
   data = pb.write_records(jpeg_dir, 4, num_shards=1)
   files.write_json(os.path.join(data, dataset_info.FILENAME),
                                  dict(dataset_info.read(data), encoding="raw"))
   with pytest.raises(ValueError, match="says encoding 'raw', but .* holds image/format 'JPEG'"):
-    dataset.dataset_metadata(dataset.DataConfig(jpeg_dir))
+    data_sources.dataset_metadata(data_sources.DataConfig(jpeg_dir))
   files.write_json(os.path.join(data, dataset_info.FILENAME),
                                  dict(dataset_info.read(data), encoding="png"))
   with pytest.raises(ValueError, match=r"encoding 'png'; allowed: \['jpeg', 'raw'\]"):
-    dataset.dataset_metadata(dataset.DataConfig(jpeg_dir))
+    data_sources.dataset_metadata(data_sources.DataConfig(jpeg_dir))
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -204,20 +207,20 @@ def test_builder_refuses_bad_encoding_before_any_work(tmp_path, flags, message):
 
 def test_decode_crop_is_the_window_augment_takes(tmp_path):
   data_dir = pb.write_records(str(tmp_path), 12, num_shards=3)
-  config = dataset.DataConfig(data_dir, deterministic=True, shuffle_buffer=5, seed=2)
+  config = data_sources.DataConfig(data_dir, deterministic=True, shuffle_buffer=5, seed=2)
   full = _batches(config, True, 4, epoch=3)
   cropped = [[t.numpy() for t in batch] for batch in dataset.create_split(
-      dataset.DataConfig(data_dir, deterministic=True, shuffle_buffer=5, seed=2,
+      data_sources.DataConfig(data_dir, deterministic=True, shuffle_buffer=5, seed=2,
                          decode_crop=True), True, 4, epoch=3)]
   resumed = [[t.numpy() for t in batch] for batch in dataset.create_split(
-      dataset.DataConfig(data_dir, deterministic=True, shuffle_buffer=5, seed=2,
+      data_sources.DataConfig(data_dir, deterministic=True, shuffle_buffer=5, seed=2,
                          decode_crop=True), True, 4, epoch=3, skip_batches=2)]
   assert len(cropped) == len(full) == 3
   offsets_seen = set()
   for (images, labels), (crops, crop_labels, offsets) in zip(full, cropped):
     np.testing.assert_array_equal(crop_labels, labels)
     assert crops.shape == (4, 224, 224, 3) and offsets.shape == (4, 2)
-    assert offsets.min() >= 0 and offsets.max() <= preprocessing.MAX_OFFSET
+    assert offsets.min() >= 0 and offsets.max() <= decoding.MAX_OFFSET
     for image, crop, (y, x) in zip(images, crops, offsets):
       np.testing.assert_array_equal(crop, image[y:y + 224, x:x + 224])
       offsets_seen.add((int(y), int(x)))
@@ -228,8 +231,8 @@ def test_decode_crop_is_the_window_augment_takes(tmp_path):
 
   # In the step: augment_crops of the windows at augment's offsets is augment, exactly.
   images = np.concatenate([x for x, _ in full])
-  stats = preprocessing.imagenet_statistics()
-  stats = preprocessing.Statistics(
+  stats = dataset_info.imagenet_statistics()
+  stats = dataset_info.Statistics(
       mean_image=np.random.default_rng(0).uniform(0, 255, (256, 256, 3)).astype(np.float32),
       mean_rgb=stats.mean_rgb, eigenvalues=stats.eigenvalues, eigenvectors=stats.eigenvectors)
   seed = tf.constant([7, 11], tf.int64)
@@ -248,7 +251,7 @@ def test_validation_iterator_is_made_once(tmp_path, monkeypatch):
                       lambda *a, **k: made.append(k.get("train", a[1] if len(a) > 1 else None))
                       or create_split(*a, **k))
   strategy = tf.distribute.get_strategy()
-  config = dataset.DataConfig(data_dir)
+  config = data_sources.DataConfig(data_dir)
   reference = [y.numpy().tolist() for _, y in create_split(config, False, 4)]
   for steps, want in ((0, reference), (2, reference[:2])):
     made.clear()
@@ -278,7 +281,7 @@ def test_comparator_figures_are_measured(tmp_path):
   data_dir = pb.write_records(str(tmp_path / "jpeg"), 16, num_shards=2)
   raw_dir = pb.write_records(str(tmp_path / "raw"), 0, encoding="raw",
                              jpegs=pb.shard_jpegs(data_dir))
-  figures = pb.cpu_figures(dataset.DataConfig(data_dir, shuffle_buffer=4), 4, repeats=2,
+  figures = pb.cpu_figures(data_sources.DataConfig(data_dir, shuffle_buffer=4), 4, repeats=2,
                            raw_dir=raw_dir, pil_workers=1, options=True)
   assert set(figures.passes) == {"bound", "jpeg", "raw", "pil", "jpeg_decode_crop",
                                  "jpeg_integer_accurate"}

@@ -3,15 +3,16 @@ timed here: speed targets belong to the benchmark command, not to tests)."""
 
 import numpy as np
 
+from keras_alexnet import data_sources
 from keras_alexnet import dataset
 from keras_alexnet import pipeline_benchmark as pb
 
 
 def test_records_are_what_the_builder_writes(tmp_path):
   data_dir = pb.write_records(str(tmp_path), num_images=10, num_shards=3)
-  meta = dataset.dataset_metadata(dataset.DataConfig(data_dir))
+  meta = data_sources.dataset_metadata(data_sources.DataConfig(data_dir))
   assert meta["num_examples"]["train"] == 10 and meta["image_size"] == 256
-  images, labels = next(iter(dataset.create_split(dataset.DataConfig(data_dir), True, 10)))
+  images, labels = next(iter(dataset.create_split(data_sources.DataConfig(data_dir), True, 10)))
   assert images.shape == (10, 256, 256, 3)
   # Photo-like: smooth, so neighbouring pixels are close (a codec's easy case, unlike noise).
   steps = np.abs(np.diff(images.numpy().astype(int), axis=2)).mean()
@@ -20,10 +21,10 @@ def test_records_are_what_the_builder_writes(tmp_path):
 
 def test_figures_are_measured(tmp_path):
   data_dir = pb.write_records(str(tmp_path), num_images=16, num_shards=2)
-  figures = pb.cpu_figures(dataset.DataConfig(data_dir), batch_size=8, repeats=1)
+  figures = pb.cpu_figures(data_sources.DataConfig(data_dir), batch_size=8, repeats=1)
   assert figures.bound > 0 and figures.pipeline > 0 and 0 < figures.ratio < 10
   assert figures.pipeline_per_core > 0 and 0 < figures.ratio_per_core < 10
-  assert pb.setup_seconds(dataset.DataConfig(data_dir), 8, repeats=1) > 0
+  assert pb.setup_seconds(data_sources.DataConfig(data_dir), 8, repeats=1) > 0
   assert pb.augment_rate(4, jit_compile=False, repeats=1) > 0
   assert pb.map_fn_crop_rate(4, repeats=1) > 0
 

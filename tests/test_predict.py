@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_alexnet import dataset_info
+from keras_alexnet import decoding
 from keras_alexnet import export
 from keras_alexnet import predict
 from keras_alexnet import preprocessing
@@ -37,7 +39,7 @@ def model():
 @pytest.fixture(scope="module")
 def saved_model(model, tmp_path_factory):
   base = str(tmp_path_factory.mktemp("serving"))
-  export.export_saved_model(model, {"classes": CLASSES}, preprocessing.imagenet_statistics(),
+  export.export_saved_model(model, {"classes": CLASSES}, dataset_info.imagenet_statistics(),
                             base, warmup=False)
   return base
 
@@ -58,8 +60,8 @@ def tree(tmp_path_factory):
 
 def expected_top5(model, paths):
   """The top 5 by the Keras model under evaluate's centre crop."""
-  stats = preprocessing.imagenet_statistics()
-  stored = tf.stack([preprocessing.decode_to_stored(open(p, "rb").read()) for p in paths])
+  stats = dataset_info.imagenet_statistics()
+  stored = tf.stack([decoding.decode_to_stored(open(p, "rb").read()) for p in paths])
   logits = model(preprocessing.center_crop(stored, stats), training=False)
   return np.argsort(-tf.nn.softmax(logits).numpy(), axis=1)[:, :5]
 

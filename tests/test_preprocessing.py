@@ -1,24 +1,23 @@
-"""Tests of keras_alexnet.preprocessing: the augmentation, the evaluation views, decoding.
+"""Tests of keras_alexnet.preprocessing: the augmentation, the evaluation views, serving.
 
 Most tests use a "coordinate image" whose red channel is the row and green channel the column,
 so every output pixel says where in the 256x256 image it came from.
 """
 
 import dataclasses
-import io
-import logging
-import os
 
 import numpy as np
-from PIL import Image
 import pytest
 import tensorflow as tf
 
 from keras_alexnet import dataset_info
-from keras_alexnet import files
+from keras_alexnet import decoding
+from keras_alexnet import model as model_lib
 from keras_alexnet import preprocessing as pp
+from test_decoding import encode
+from test_decoding import smooth_image
 
-S, C, M = pp.STORED_SIZE, pp.IMAGE_SIZE, pp.MAX_OFFSET
+S, C, M = decoding.STORED_SIZE, model_lib.IMAGE_SIZE, decoding.MAX_OFFSET
 
 
 def coordinate_images(batch):
@@ -30,9 +29,9 @@ def coordinate_images(batch):
 
 
 def zero_stats(mean_image=None):
-  return pp.Statistics(mean_image=mean_image, mean_rgb=np.zeros(3, np.float32),
-                       eigenvalues=np.array(pp.IMAGENET_EIGENVALUES, np.float32),
-                       eigenvectors=np.array(pp.IMAGENET_EIGENVECTORS, np.float32))
+  return dataset_info.Statistics(mean_image=mean_image, mean_rgb=np.zeros(3, np.float32),
+                       eigenvalues=np.array(dataset_info.IMAGENET_EIGENVALUES, np.float32),
+                       eigenvectors=np.array(dataset_info.IMAGENET_EIGENVECTORS, np.float32))
 
 
 NO_LIGHT = pp.AugmentConfig(pca_lighting=False, mean="per_channel")
@@ -54,7 +53,7 @@ def test_augment_shapes_dtype_and_range():
   out = out.numpy()
   assert out.min() >= 0 and out.max() <= 255 and np.array_equal(out, np.round(out))
   # With the published statistics the mean is gone: values centre near 0.
-  out = pp.augment(images, pp.imagenet_statistics(), seed=tf.constant([1, 2])).numpy()
+  out = pp.augment(images, dataset_info.imagenet_statistics(), seed=tf.constant([1, 2])).numpy()
   assert -130 < out.min() and out.max() < 160 and abs(out.mean() - (127.5 - 114.5)) < 10
 
 
@@ -100,7 +99,7 @@ def test_random_crop_off_gives_the_centre_crop():
 def test_pca_lighting_has_the_papers_statistics():
   """shift = sum_i alpha_i lambda_i p_i, alpha_i ~ N(0, 0.1) per image: zero mean, covariance
   P diag(0.01 lambda^2) P^T, the same shift on every pixel of an image."""
-  stats = pp.imagenet_statistics()
+  stats = dataset_info.imagenet_statistics()
   gray = tf.constant(np.full((100, S, S, 3), 128, np.uint8))
   config = pp.AugmentConfig(mirror=False, mean="per_channel")
   augment = tf.function(lambda seed: pp.augment(gray, stats, config, seed), jit_compile=True)
@@ -141,7 +140,7 @@ def test_per_pixel_mean_is_subtracted_at_the_crop_offset_and_mirrored_with_it():
 
 def test_per_channel_mean():
   images = coordinate_images(2)
-  stats = pp.imagenet_statistics()
+  stats = dataset_info.imagenet_statistics()
   out = pp.center_crop(images, stats, mean="per_channel").numpy()
   np.testing.assert_allclose(out, images[:, 16:240, 16:240] - stats.mean_rgb, atol=1e-4)
   # "per_pixel" without a mean image falls back to the per-channel mean.
@@ -173,7 +172,7 @@ def test_ten_views_are_the_corners_the_centre_and_their_mirrors():
 def test_same_numbers_eagerly_in_tf_data_and_under_xla():
   images = np.random.default_rng(3).integers(0, 256, (4, 2, S, S, 3), dtype=np.uint8)
   mean_image = np.random.default_rng(4).uniform(0, 255, (S, S, 3)).astype(np.float32)
-  stats = dataclasses.replace(pp.imagenet_statistics(), mean_image=mean_image)
+  stats = dataclasses.replace(dataset_info.imagenet_statistics(), mean_image=mean_image)
 
   def both(batch, step):
     seed = tf.stack([tf.constant(11, tf.int64), step])
@@ -192,65 +191,14 @@ def test_same_numbers_eagerly_in_tf_data_and_under_xla():
   np.testing.assert_array_equal(in_ds.numpy(), pp.serving_preprocess(jpeg, stats).numpy())
 
 
-def smooth_image(height, width):
-  y, x = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
-  return (np.stack([y, x, 0.5 * (x + y)], -1) * 255).astype(np.uint8)
-
-
-def pil_reference(image):
-  """What the builder does: shorter side to 256 (antialiased bilinear), central 256 crop."""
-  h, w = image.shape[:2]
-  side = min(h, w)
-  top, left = (h - side) // 2, (w - side) // 2
-  return np.asarray(Image.fromarray(image).resize(
-      (S, S), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)))
-
-
-def encode(image, fmt, mode=None):
-  buf = io.BytesIO()
-  pil = Image.fromarray(image)
-  if mode:
-    pil = pil.convert(mode)
-  pil.save(buf, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-  return buf.getvalue()
-
-
-@pytest.mark.parametrize("height,width,fmt,mode", [
-    (300, 400, "JPEG", None), (512, 300, "PNG", None), (200, 180, "JPEG", None),
-    (320, 300, "JPEG", "CMYK"), (300, 300, "PNG", "L")])
-def test_decode_to_stored_matches_the_builders_resize_and_crop(height, width, fmt, mode):
-  image = smooth_image(height, width)
-  stored = pp.decode_to_stored(encode(image, fmt, mode)).numpy()
-  assert stored.shape == (S, S, 3) and stored.dtype == np.uint8
-  reference = image if mode != "L" else np.asarray(Image.fromarray(image).convert("L").convert(
-      "RGB"))
-  reference = pil_reference(reference)
-  if mode == "L":
-    assert np.array_equal(stored[..., 0], stored[..., 1])
-  tolerance = 6 if mode == "CMYK" else 3     # JPEG and CMYK->RGB round trips
-  assert np.abs(stored.astype(float) - reference).mean() < tolerance
-
-
-def test_decode_to_stored_keeps_256_images_as_decoded():
-  image = np.random.default_rng(5).integers(0, 256, (S, S, 3), dtype=np.uint8)
-  jpeg = tf.io.encode_jpeg(image).numpy()
-  np.testing.assert_array_equal(pp.decode_to_stored(jpeg).numpy(),
-                                tf.io.decode_jpeg(jpeg, channels=3).numpy())
-
-
 def test_serving_preprocess_is_the_centre_crop_of_the_stored_image():
   image = smooth_image(300, 420)
   jpeg = encode(image, "JPEG")
-  stats = pp.imagenet_statistics()
+  stats = dataset_info.imagenet_statistics()
   served = pp.serving_preprocess(jpeg, stats)
   assert served.shape == (C, C, 3) and served.dtype == tf.float32
   np.testing.assert_array_equal(
-      served.numpy(), pp.center_crop(pp.decode_to_stored(jpeg)[None], stats)[0].numpy())
-
-
-def test_decode_rejects_bytes_that_are_not_an_image():
-  with pytest.raises(tf.errors.InvalidArgumentError):
-    pp.decode_to_stored(b"this is not an image")
+      served.numpy(), pp.center_crop(decoding.decode_to_stored(jpeg)[None], stats)[0].numpy())
 
 
 @pytest.mark.parametrize("images,message", [
@@ -272,90 +220,3 @@ def test_bad_config_and_seed_are_refused():
     pp.center_crop(np.zeros((1, S, S, 3), np.uint8), zero_stats(), mean="median")
   with pytest.raises(ValueError, match="seed"):
     pp.augment(np.zeros((1, S, S, 3), np.uint8), zero_stats(), seed=tf.constant([1.0, 2.0]))
-
-
-# Statistics from dataset_info.json.
-
-
-def write_info(tmp_path, **fields):
-  info = {"format": "keras_alexnet", "num_classes": 2}
-  info.update(fields)
-  files.write_json(os.path.join(tmp_path, dataset_info.FILENAME), info)
-  return str(tmp_path)
-
-
-def builder_like_pca(seed=0):
-  """The covariance, eigenvalues (0..255 scale, variances) and eigenvectors as the builder
-  writes them."""
-  pixels = np.random.default_rng(seed).normal(size=(5000, 3)) @ np.array(
-      [[60, 0, 0], [55, 20, 0], [50, 10, 8]]).T
-  covariance = np.cov(pixels.T, bias=True)
-  values, vectors = np.linalg.eigh(covariance)
-  return covariance, values[::-1], vectors[:, ::-1]
-
-
-def test_statistics_from_dataset_info(tmp_path):
-  covariance, values, vectors = builder_like_pca()
-  mean_image = np.random.default_rng(0).uniform(0, 255, (S, S, 3)).astype(np.float32)
-  files.write_npy(os.path.join(tmp_path, "mean_image.npy"), mean_image)
-  data_dir = write_info(tmp_path, mean_rgb=[120.0, 110.0, 100.0],
-                        mean_image="mean_image.npy", rgb_covariance=covariance.tolist(),
-                        eigenvalues=values.tolist(), eigenvectors=vectors.tolist())
-  stats = pp.statistics_from_dataset_info(data_dir)
-  np.testing.assert_allclose(stats.mean_rgb, [120, 110, 100])
-  np.testing.assert_array_equal(stats.mean_image, mean_image)
-  # The lighting amplitude is lambda / 255 (lambda of the 0..1 scale, times 255).
-  np.testing.assert_allclose(stats.eigenvalues, values / 255, rtol=1e-6)
-  np.testing.assert_allclose(stats.eigenvectors, vectors, rtol=1e-6)
-  assert "published" not in stats.source
-
-
-def test_published_values_on_the_imagenet_scale():
-  # lambda_1 / 255 of real ImageNet: 0.2175 on the 0..1 scale is 55.46 pixel levels.
-  np.testing.assert_allclose(pp.IMAGENET_EIGENVALUES, np.array([0.2175, 0.0188, 0.0045]) * 255)
-  vectors = np.array(pp.IMAGENET_EIGENVECTORS)
-  np.testing.assert_allclose(vectors.T @ vectors, np.eye(3), atol=2e-4)
-
-
-def test_statistics_fall_back_to_the_published_values_and_say_so(tmp_path, caplog):
-  with caplog.at_level(logging.WARNING):
-    stats = pp.statistics_from_dataset_info(str(tmp_path))   # no dataset_info.json at all
-  assert "published ImageNet" in stats.source and "published ImageNet" in caplog.text
-  np.testing.assert_allclose(stats.eigenvalues, pp.IMAGENET_EIGENVALUES)
-  caplog.clear()
-  data_dir = write_info(tmp_path, mean_rgb=[1.0, 2.0, 3.0])
-  with caplog.at_level(logging.WARNING):
-    stats = pp.statistics_from_dataset_info(data_dir)
-  np.testing.assert_allclose(stats.mean_rgb, [1, 2, 3])
-  np.testing.assert_allclose(stats.eigenvalues, pp.IMAGENET_EIGENVALUES)
-  assert stats.mean_image is None
-  assert "eigenvalues" in caplog.text and "mean_image" in caplog.text
-
-
-@pytest.mark.parametrize("fields,message", [
-    (dict(eigenvalues=[1.0, 2.0], eigenvectors=np.eye(3).tolist()), "eigenvalues must be"),
-    (dict(eigenvalues=[3.0, 2.0, 1.0]), "only one of"),
-    (dict(eigenvalues=[1.0, 2.0, 3.0], eigenvectors=np.eye(3).tolist()), "descending"),
-    (dict(eigenvalues=[3.0, 2.0, 1.0], eigenvectors=(2 * np.eye(3)).tolist()), "orthonormal"),
-    (dict(eigenvalues=["a", 2.0, 1.0], eigenvectors=np.eye(3).tolist()), "finite"),
-    (dict(mean_rgb=[1.0, 2.0]), "mean_rgb"),
-    (dict(mean_rgb=[1.0, 2.0, 300.0]), "0..255"),
-    (dict(mean_image="missing.npy"), "mean image"),
-])
-def test_malformed_statistics_are_refused(tmp_path, fields, message):
-  with pytest.raises(ValueError, match=message):
-    pp.statistics_from_dataset_info(write_info(tmp_path, **fields))
-
-
-def test_square_rooted_eigenvalues_do_not_pass_as_eigenvalues(tmp_path):
-  covariance, values, vectors = builder_like_pca()
-  data_dir = write_info(tmp_path, rgb_covariance=covariance.tolist(),
-                        eigenvalues=np.sqrt(values).tolist(), eigenvectors=vectors.tolist())
-  with pytest.raises(ValueError, match="not the eigen-pairs"):
-    pp.statistics_from_dataset_info(data_dir)
-
-
-def test_mean_image_of_the_wrong_size_is_refused(tmp_path):
-  files.write_npy(os.path.join(tmp_path, "m.npy"), np.zeros((224, 224, 3)))
-  with pytest.raises(ValueError, match="256, 256, 3"):
-    pp.statistics_from_dataset_info(write_info(tmp_path, mean_image="m.npy"))

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
+from keras_alexnet import data_sources
 from keras_alexnet import dataset as dataset_lib
 from keras_alexnet import dataset_info
 from keras_alexnet import evaluate
@@ -128,7 +129,7 @@ def _workdir(workdir, data_dir, conv6, seed, classes=None):
       "model_config": checkpointing.model_config_to_json(config), "tiny_model": True,
       "num_classes": config.num_classes, "classes": classes or info["classes"],
       "data_dir": data_dir, "data": {"label_offset": 0}, "augment": {"mean": "per_pixel"}})
-  checkpointing.save_statistics(workdir, preprocessing.statistics_from_dataset_info(data_dir))
+  checkpointing.save_statistics(workdir, dataset_info.statistics_from_dataset_info(data_dir))
   checkpointing.CheckpointStore(workdir).save(
       tf.train.Checkpoint(model=checkpointing.checkpointed_variables(model)), 1, {"step": 1})
   return workdir
@@ -148,7 +149,7 @@ def test_mixed_ensemble_is_the_mean_of_its_members_softmax(tmp_path):
     model, _ = checkpointing.load_model(path)
     stats = checkpointing.load_statistics(path)
     rows, labels = [], []
-    for images, batch_labels in dataset_lib.create_split(dataset_lib.DataConfig(data_dir),
+    for images, batch_labels in dataset_lib.create_split(data_sources.DataConfig(data_dir),
                                                          train=False, batch_size=16):
       crops = preprocessing.center_crop(images, stats)
       rows.append(tf.nn.softmax(model(crops, training=False)).numpy())

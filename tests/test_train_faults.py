@@ -14,6 +14,7 @@ import time
 import pytest
 
 from keras_alexnet import checkpointing
+from keras_alexnet import data_sources
 from keras_alexnet import dataset
 from keras_alexnet import dataset_info
 from keras_alexnet import features
@@ -86,14 +87,14 @@ def test_a_zero_byte_shard_fails_at_the_start_naming_it(data_dir, tmp_path):
 def test_a_shard_whose_size_differs_from_the_recorded_one_is_named(tmp_path):
   data = tiny_data.write_dataset(str(tmp_path / "data"), train=16, train_shards=2)
   info = dataset_info.read(data)
-  shards = dataset.list_shards(data, "train")
+  shards = data_sources.list_shards(data, "train")
   info["splits"]["train"]["shard_bytes"] = [os.path.getsize(p) for p in shards]
   files.write_json(os.path.join(data, dataset_info.FILENAME), info)
-  config = dataset.DataConfig(data)
+  config = data_sources.DataConfig(data)
   dataset.create_split(config, True, 4)   # sizes as recorded: accepted
   with open(shards[1], "r+b") as f:
     f.truncate(os.path.getsize(shards[1]) - 100)   # a copy cut short
-  dataset._shard_sizes.cache_clear()  # pylint: disable=protected-access
+  data_sources.shard_sizes.cache_clear()  # pylint: disable=protected-access
   with pytest.raises(ValueError, match=f"{shards[1]} is [0-9,]+ bytes but .*records"):
     dataset.create_split(config, True, 4)
 

@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
-from keras_alexnet import dataset as dataset_lib
+from keras_alexnet import data_sources
+from keras_alexnet import dataset_info
 from keras_alexnet import model as model_lib
 from keras_alexnet import optimizer as optimizer_lib
 from keras_alexnet import preprocessing
@@ -35,7 +36,7 @@ def _config(data_dir, model=None, augment=None, **train):
   model = model or model_lib.ModelConfig(num_classes=None)
   return config_lib.Config(   # As config_from_flags makes it: --num_classes goes to both.
       model=model,
-      data=dataset_lib.DataConfig(data_dir, deterministic=True, shuffle_buffer=64,
+      data=data_sources.DataConfig(data_dir, deterministic=True, shuffle_buffer=64,
                                   num_classes=model.num_classes),
       augment=augment or preprocessing.AugmentConfig(),
       train=config_lib.TrainConfig(**{**defaults, **train}))
@@ -116,7 +117,7 @@ def test_two_tower_step_equals_one_device_step():
   rng = np.random.default_rng(0)
   images = tf.constant(rng.integers(0, 256, (2, 256, 256, 3)), tf.uint8)
   labels = tf.constant([1, 3], tf.int32)
-  stats = preprocessing.imagenet_statistics()
+  stats = dataset_info.imagenet_statistics()
   results = []
   for strategy, devices in ((strategy, devices), (tf.distribute.OneDeviceStrategy("/cpu:0"),
                                                   None)):
@@ -210,7 +211,7 @@ def test_mixed_precision_and_xla_steps(precision, xla):
       opt.build(model.trainable_variables)
     kernel = model.get_layer("conv1").kernel
     before = kernel.numpy()
-    step = training.make_train_step(model, opt, strategy, preprocessing.imagenet_statistics(),
+    step = training.make_train_step(model, opt, strategy, dataset_info.imagenet_statistics(),
                                     preprocessing.AugmentConfig(), 4, 0, xla)
     images = tf.constant(np.random.default_rng(0).integers(0, 256, (4, 256, 256, 3)), tf.uint8)
     loss_sum, _, _, _ = step(images, tf.constant([0, 1, 2, 3]), tf.constant(0, tf.int64),

@@ -83,7 +83,6 @@ def make_workdir(workdir: str, data_dir: str, seed: int = 0) -> str:
   import keras   # pylint: disable=g-import-not-at-top
   from keras_alexnet import checkpointing   # pylint: disable=g-import-not-at-top
   from keras_alexnet import model as model_lib   # pylint: disable=g-import-not-at-top
-  from keras_alexnet import preprocessing   # pylint: disable=g-import-not-at-top
   info = dataset_info.read(data_dir)
   config = model_lib.ModelConfig(num_classes=info["num_classes"], dropout=0.0)
   keras.utils.set_random_seed(seed)
@@ -93,7 +92,7 @@ def make_workdir(workdir: str, data_dir: str, seed: int = 0) -> str:
       "model_config": checkpointing.model_config_to_json(config), "tiny_model": True,
       "num_classes": config.num_classes, "classes": info["classes"], "data_dir": data_dir,
       "data": {"label_offset": 0}, "augment": {"mean": "per_pixel"}})
-  checkpointing.save_statistics(workdir, preprocessing.statistics_from_dataset_info(data_dir))
+  checkpointing.save_statistics(workdir, dataset_info.statistics_from_dataset_info(data_dir))
   checkpointing.CheckpointStore(workdir).save(
       tf.train.Checkpoint(model=checkpointing.checkpointed_variables(model)), 1, {"step": 1})
   return workdir

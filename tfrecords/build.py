@@ -605,7 +605,7 @@ def _finalize(tasks: list[_ShardTask], source: sources.Source, config: BuildConf
       **train_stats.summary(),
   }
   # Every file this build wrote, with its size: what --overwrite may remove, and what the
-  # pipeline checks the shards against (keras_alexnet.dataset.check_shards).
+  # pipeline checks the shards against (keras_alexnet.data_sources.check_shards).
   written = [features.shard_name(t.split, t.index, t.num_shards) for t in tasks] + [
       LABELS_FILENAME, SKIPPED_FILENAME] + (
           [dataset_info.MEAN_IMAGE_FILENAME] if mean_image is not None else [])

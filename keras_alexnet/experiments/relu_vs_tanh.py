@@ -168,9 +168,10 @@ def load_tfrecords(data_dir: str, max_examples: int = MAX_EXAMPLES, seed: int = 
   """The training split of TFRecord shards (keras_alexnet.dataset) -> 32x32 arrays, labels,
   class names."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import data_sources  # pylint: disable=g-import-not-at-top
   from keras_alexnet import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  config = dataset_lib.DataConfig(data_dir=data_dir, seed=seed)
-  meta = dataset_lib.dataset_metadata(config)
+  config = data_sources.DataConfig(data_dir=data_dir, seed=seed)
+  meta = data_sources.dataset_metadata(config)
   images, labels, n = [], [], 0
   # Batches of 16: drop_remainder loses at most 15 examples of the split.
   for batch, batch_labels in dataset_lib.create_split(config, train=True, batch_size=16):
