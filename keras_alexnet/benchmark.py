@@ -201,8 +201,8 @@ def main(argv: List[str]) -> None:
           detail = (f"{r.gflops:.1f} GFLOP/s; ratio to the bound measured before each step "
                     f"(median {r.bound_gflops:.1f})")
           if r is not first:
-            detail += (f"; CPU kernels {FLAGS.cpu_kernels[0]} "
-                       f"{first.images_per_second / r.images_per_second:.2f} x this")
+            detail += (f"; {r.images_per_second / first.images_per_second:.2f} x the CPU "
+                       f"kernels {FLAGS.cpu_kernels[0]} row")
           rows.append(bench.Row(f"train step {precision}, XLA {xla}, CPU kernels {mode}, "
                                 f"batch {FLAGS.batch_size}", r.images_per_second, "matmul",
                                 r.ratio, detail))
