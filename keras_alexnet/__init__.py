@@ -11,7 +11,7 @@ from keras_alexnet import _startup
 # TF_CPP_MIN_LOG_LEVEL the user set wins); first, before anything imports TF.
 _startup.import_tensorflow_quietly()
 
-from keras_alexnet import model as _model  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
+from keras_alexnet import layers as _layers  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
 from keras_alexnet import optimizer as _optimizer  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
 
 __version__ = "0.1.0"

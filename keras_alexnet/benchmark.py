@@ -4,7 +4,8 @@
 
 One table. Each row gives images/s and its ratio to a bound measured in the same process:
 - compute (training step, SavedModel): achieved GFLOP/s over the float32 matmul rate of the
-  same device (2 FLOPs per multiply-add; training = 3x the forward pass);
+  same device (2 FLOPs per multiply-add; training = 3x the forward pass). The training step
+  with keras_alexnet.cpu_kernels' speed-ups on and off (the plain TF path), in adjacent rows;
 - input (CPU pipeline): images/s over a bare tf.io.decode_jpeg loop on the same records, over
   a PIL loader in one process per core (the PyTorch-style comparator, keras_alexnet.pil_loader),
   and the decode-free raw shards of the same images over the JPEG path, per core too; with
@@ -24,6 +25,7 @@ import keras
 import tensorflow as tf
 
 from keras_alexnet import bench
+from keras_alexnet import cpu_kernels
 from keras_alexnet import model as model_lib
 from keras_alexnet import optimizer as optimizer_lib
 
@@ -156,6 +158,9 @@ def define_flags():
   flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"],
                     "Training-step precisions: float32, mixed_bfloat16, mixed_float16.")
   flags.DEFINE_list("xla", ["off", "on"], "Training step with XLA off and/or on.")
+  flags.DEFINE_list("cpu_kernels", ["on", "off"], "Training step with the CPU speed-ups of "
+                    "keras_alexnet.cpu_kernels on (custom gradients, XLA-fused LRN and update) "
+                    "and/or off (TF's own ops and gradients); auto: as the trainer chooses.")
   flags.DEFINE_list("parts", list(PARTS), f"Which parts to measure, of {PARTS}.")
   flags.DEFINE_integer("pipeline_images", 1024, "JPEG records generated for the CPU pipeline.")
   flags.DEFINE_integer("pipeline_repeats", 5, "Alternated rounds of the CPU pipeline passes.")
@@ -173,6 +178,10 @@ def main(argv: List[str]) -> None:
   for xla in FLAGS.xla:
     if xla not in ("on", "off"):
       raise app.UsageError(f"--xla takes 'on' and/or 'off'; received {xla!r}.")
+  for mode in FLAGS.cpu_kernels:
+    if mode not in cpu_kernels.MODES:
+      raise app.UsageError(f"--cpu_kernels: unknown {mode!r}; allowed: "
+                           f"{', '.join(cpu_kernels.MODES)}.")
   for part in FLAGS.parts:
     if part not in PARTS:
       raise app.UsageError(f"--parts: unknown {part!r}; allowed: {', '.join(PARTS)}.")
@@ -184,11 +193,19 @@ def main(argv: List[str]) -> None:
   if "train" in FLAGS.parts:
     for precision in FLAGS.precisions:
       for xla in FLAGS.xla:
-        r = train_step_rate(FLAGS.batch_size, precision, xla == "on", FLAGS.steps)
-        rows.append(bench.Row(f"train step {precision}, XLA {xla}, batch {FLAGS.batch_size}",
-                        r.images_per_second, "matmul", r.ratio,
-                        f"{r.gflops:.1f} GFLOP/s; ratio to the bound measured before each "
-                        f"step (median {r.bound_gflops:.1f})"))
+        first = None
+        for mode in FLAGS.cpu_kernels:
+          with cpu_kernels.using(mode):   # read when the step is traced, inside
+            r = train_step_rate(FLAGS.batch_size, precision, xla == "on", FLAGS.steps)
+          first = first or r
+          detail = (f"{r.gflops:.1f} GFLOP/s; ratio to the bound measured before each step "
+                    f"(median {r.bound_gflops:.1f})")
+          if r is not first:
+            detail += (f"; {r.images_per_second / first.images_per_second:.2f} x the CPU "
+                       f"kernels {FLAGS.cpu_kernels[0]} row")
+          rows.append(bench.Row(f"train step {precision}, XLA {xla}, CPU kernels {mode}, "
+                                f"batch {FLAGS.batch_size}", r.images_per_second, "matmul",
+                                r.ratio, detail))
   if "pipeline" in FLAGS.parts:
     from keras_alexnet import pipeline_benchmark
     rows += pipeline_benchmark.rows(FLAGS.pipeline_images, data_dir=FLAGS.data_dir,

@@ -614,7 +614,7 @@ def _torch_lrn_part(block, node, kind, a, init, path):
 def _onnx_pools_match(flavour, size, convs, pools, path) -> bool:
   """ceil_pooling for the model: ONNX's pooled sizes (ceil_mode or bottom/right pads) must be
   those of floor or of ceil rounding, at this input size."""
-  from keras_alexnet import model as model_lib  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import layers  # pylint: disable=g-import-not-at-top
   pads = list(convs[0][1].get("pads", [0] * 4))
   n = (size + pads[0] + pads[2] - 11) // 4 + 1
   theirs, floor, ceil = [], [], []
@@ -623,7 +623,7 @@ def _onnx_pools_match(flavour, size, convs, pools, path) -> bool:
     p = list(a.get("pads", [0] * 4))
     t = n + p[2] - 3
     n = (-(-t // 2) if a.get("ceil_mode", 0) else t // 2) + 1
-    f, c = model_lib._pooled(f, 3, 2, False), model_lib._pooled(c, 3, 2, True)  # pylint: disable=protected-access
+    f, c = layers.pooled_size(f, 3, 2, False), layers.pooled_size(c, 3, 2, True)
     theirs.append(n)
     floor.append(f)
     ceil.append(c)

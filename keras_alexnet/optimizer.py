@@ -19,7 +19,9 @@ from typing import Optional, Sequence
 
 import keras
 from keras import ops
-import tensorflow as tf
+
+from keras_alexnet import cpu_kernels
+from keras_alexnet import errors
 
 # Section 5.
 MOMENTUM = 0.9
@@ -37,6 +39,9 @@ class PaperSGD(keras.optimizers.Optimizer):
   written as the paper writes it. Under tf.distribute, `g` is the all-reduced (summed)
   gradient, so the decay term is added once, after the reduction.
 
+  The update of each variable runs as one XLA fusion where keras_alexnet.cpu_kernels takes its
+  speed-ups (training on a CPU, by default), as plain TF ops otherwise.
+
   Args:
     learning_rate: eps. A float (held in a variable the schedules assign to).
     momentum: 0.9 in the paper.
@@ -51,9 +56,9 @@ class PaperSGD(keras.optimizers.Optimizer):
     # The base class' weight_decay is the decoupled kind; ours is kept apart on purpose.
     super().__init__(learning_rate=learning_rate, name=name, **kwargs)
     if not 0.0 <= momentum < 1.0:
-      raise ValueError(f"momentum must be in [0, 1); received {momentum!r}.")
+      raise errors.invalid("momentum", momentum, "in [0, 1)")
     if weight_decay < 0:
-      raise ValueError(f"weight_decay must be >= 0; received {weight_decay!r}.")
+      raise errors.invalid("weight_decay", weight_decay, ">= 0")
     self.momentum = float(momentum)
     self.paper_weight_decay = float(weight_decay)
     self.decay_biases = bool(decay_biases)
@@ -63,9 +68,7 @@ class PaperSGD(keras.optimizers.Optimizer):
       return
     super().build(variables)
     self.velocities = self.add_optimizer_variables(variables, "velocity")
-    # One compiled function per optimizer: a module-level one kept traces that referenced
-    # the variables of a model deleted since (the benchmark builds several in one process).
-    self._fused_update = tf.function(_paper_update, jit_compile=True)
+    self._fused_update = cpu_kernels.fused_update(_paper_update)
 
   def decays(self, variable) -> bool:
     """Whether the weight-decay term applies to `variable`."""
@@ -75,9 +78,9 @@ class PaperSGD(keras.optimizers.Optimizer):
     v = self.velocities[self._get_variable_index(variable)]
     decay = self.paper_weight_decay if self.decays(variable) else 0.0
     dtype = variable.dtype
-    self._fused_update(variable, _tf_variable(v), ops.cast(gradient, dtype),
-                       ops.cast(learning_rate, dtype), ops.cast(self.momentum, dtype),
-                       ops.cast(decay, dtype))
+    update = self._fused_update if cpu_kernels.enabled(training=True) else _paper_update
+    update(variable, _tf_variable(v), ops.cast(gradient, dtype), ops.cast(learning_rate, dtype),
+           ops.cast(self.momentum, dtype), ops.cast(decay, dtype))
 
   def get_config(self):
     return {**super().get_config(), "momentum": self.momentum,
@@ -89,13 +92,9 @@ def _tf_variable(variable):
 
 
 def _paper_update(variable, velocity, gradient, eps, momentum, decay):
-  """v <- momentum * v - decay * eps * w - eps * g;  w <- w + v; compiled with XLA in
-  PaperSGD.build, so that it runs as one fusion per variable.
-
-  Why compiled: as separate TF ops the rule makes ~15 passes over each variable, ~3.7 GB of
-  memory traffic per step for AlexNet's 244 MB of weights (~0.2 s of a 2 s CPU step at batch
-  64); fused it reads w, v, g once and writes v, w in place. decay = 0 for variables that are
-  not decayed (the term is then exactly zero)."""
+  """v <- momentum * v - decay * eps * w - eps * g;  w <- w + v, in place: the plain TF ops,
+  or one XLA fusion per variable when cpu_kernels takes its speed-ups (PaperSGD.build compiles
+  it). decay = 0 for variables that are not decayed (the term is then exactly zero)."""
   new_v = momentum * velocity - decay * (eps * variable) - eps * gradient
   velocity.assign(new_v)
   variable.assign_add(new_v)
@@ -113,9 +112,9 @@ class PlateauSchedule:
   def __init__(self, base_lr: float, patience: int, factor: float = LR_DROP_FACTOR,
                max_drops: int = MAX_LR_DROPS, min_delta: float = 0.0):
     if patience < 1:
-      raise ValueError(f"plateau patience must be >= 1 epoch; received {patience!r}.")
+      raise errors.invalid("plateau patience", patience, ">= 1 epoch")
     if not 0.0 < factor < 1.0:
-      raise ValueError(f"the learning-rate drop factor must be in (0, 1); received {factor!r}.")
+      raise errors.invalid("the learning-rate drop factor", factor, "in (0, 1)")
     self.base_lr = base_lr
     self.patience = patience
     self.factor = factor
@@ -165,8 +164,8 @@ class StepSchedule:
 
   def __init__(self, base_lr: float, boundaries: Sequence[int], factor: float = LR_DROP_FACTOR):
     if list(boundaries) != sorted(set(boundaries)) or any(b < 1 for b in boundaries):
-      raise ValueError("step schedule epochs must be increasing positive integers; received "
-                       f"{list(boundaries)!r}.")
+      raise errors.invalid("step schedule epochs", list(boundaries),
+                           "increasing positive integers")
     self.base_lr = base_lr
     self.boundaries = tuple(boundaries)
     self.factor = factor
@@ -207,4 +206,4 @@ def make_schedule(config: ScheduleConfig, base_lr: float):
                            config.min_delta)
   if config.kind == "step":
     return StepSchedule(base_lr, config.step_epochs, config.factor)
-  raise ValueError(f"lr_schedule must be 'plateau' or 'step'; received {config.kind!r}.")
+  raise errors.invalid("lr_schedule", config.kind, "'plateau' or 'step'")

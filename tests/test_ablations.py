@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from keras_alexnet import config as config_lib
+from keras_alexnet import layers as layers_lib
 from keras_alexnet import model as model_lib
 from keras_alexnet import training
 import tiny_data
@@ -107,7 +108,7 @@ def test_tanh_replaces_relu_everywhere_but_the_output(switched):
 
 def test_no_lrn_removes_both_lrn_layers(switched):
   assert not [l for l in switched.layers
-              if isinstance(l, model_lib.LocalResponseNormalization)]
+              if isinstance(l, layers_lib.LocalResponseNormalization)]
   names = {l.name for l in switched.layers}
   assert "lrn1" not in names and "lrn2" not in names
   # pool1 now reads conv1 directly.

@@ -1,4 +1,5 @@
-"""The model is the paper's: counts, shapes, LRN, towers, init, placement, serialization."""
+"""The model is the paper's: counts, shapes, towers, init, placement, serialization (the LRN layer:
+test_layers.py; the CPU speed-ups' paths: test_cpu_kernels.py)."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,8 @@ import keras
 import tensorflow as tf
 
 from keras_alexnet import model as model_lib
-from keras_alexnet.model import LocalResponseNormalization, alexnet
+from keras_alexnet.layers import LocalResponseNormalization
+from keras_alexnet.model import alexnet
 
 
 @pytest.fixture(scope="module")
@@ -68,106 +70,6 @@ def test_one_tower_variant():
   assert not any(isinstance(l, LocalResponseNormalization) for l in net.layers)
   assert tuple(net.get_layer("conv1").output.shape[1:]) == (55, 55, 64)
   assert tuple(net.get_layer("pool5").output.shape[1:]) == (6, 6, 256)
-
-
-def _paper_lrn_numpy(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
-  """Section 3.3, literally: sum over max(0, i-n/2) .. min(N-1, i+n/2), float64."""
-  a = a.astype(np.float64)
-  depth = a.shape[-1]
-  b = np.empty_like(a)
-  for i in range(depth):
-    lo, hi = max(0, i - n // 2), min(depth - 1, i + n // 2)
-    b[..., i] = a[..., i] / (k + alpha * np.sum(a[..., lo:hi + 1] ** 2, axis=-1)) ** beta
-  return b
-
-
-@pytest.mark.parametrize("training", [False, True])  # TF's op / the XLA-fused training path
-@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-def test_lrn_matches_paper_formula(policy, training):
-  rng = np.random.default_rng(0)
-  # Values of the size ReLU outputs reach, so that the alpha term matters.
-  a = rng.uniform(0, 60, size=(2, 5, 5, 16)).astype(np.float32)
-  previous = keras.config.dtype_policy()
-  keras.config.set_dtype_policy(policy)
-  try:
-    layer = LocalResponseNormalization()
-    out = layer(a, training=training)
-  finally:
-    keras.config.set_dtype_policy(previous)
-  assert out.dtype == tf.float32  # pinned to float32 under mixed precision too
-  expected = _paper_lrn_numpy(a)
-  rel = np.max(np.abs(out.numpy() - expected) / np.abs(expected).clip(1e-12))
-  assert rel < 1e-6
-  # And the alpha term is not negligible here (otherwise the test could not tell alphas apart).
-  assert np.max(np.abs(expected - a / 2.0 ** 0.75)) > 1e-2
-
-
-def test_lrn_per_tower_never_crosses_towers():
-  rng = np.random.default_rng(1)
-  a = rng.uniform(0, 60, size=(1, 3, 3, 8)).astype(np.float32)
-  out = LocalResponseNormalization(towers=2)(a).numpy()
-  expected = np.concatenate([_paper_lrn_numpy(a[..., :4]), _paper_lrn_numpy(a[..., 4:])], -1)
-  np.testing.assert_allclose(out, expected, rtol=1e-6)
-
-
-@pytest.mark.parametrize("towers", [1, 2])
-def test_lrn_training_gradient_equals_tf_gradient(towers):
-  # In training the layer uses its own XLA-fused forward and gradient; they must be TF's LRN
-  # and LRNGrad maths.
-  rng = np.random.default_rng(7)
-  a = tf.constant(rng.uniform(0, 60, size=(2, 4, 4, 12)).astype(np.float32))
-  upstream = tf.constant(rng.normal(size=(2, 4, 4, 12)).astype(np.float32))
-  layer = LocalResponseNormalization(towers=towers)
-  with tf.GradientTape(persistent=True) as tape:
-    tape.watch(a)
-    fast = layer(a, training=True)
-    halves = tf.split(a, towers, axis=-1)
-    reference = tf.concat([tf.nn.local_response_normalization(
-        h, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75) for h in halves], axis=-1)
-  np.testing.assert_allclose(fast.numpy(), reference.numpy(), rtol=1e-6)
-  fast_grad = tape.gradient(fast, a, output_gradients=upstream).numpy()
-  reference_grad = tape.gradient(reference, a, output_gradients=upstream).numpy()
-  np.testing.assert_allclose(fast_grad, reference_grad, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("tower", ["a", "b"])
-def test_tower_split_gradient_is_the_slice_gradient(tower):
-  """SplitChannels writes its gradient itself (a concat with zeros, for speed): it must put the
-  upstream gradient on its own half of the maps and zeros on the other."""
-  rng = np.random.default_rng(3)
-  x = tf.constant(rng.normal(size=(2, 3, 3, 8)).astype(np.float32))
-  upstream = tf.constant(rng.normal(size=(2, 3, 3, 4)).astype(np.float32))
-  with tf.GradientTape(persistent=True) as tape:
-    tape.watch(x)
-    ours = model_lib.SplitChannels(tower)(x)
-    reference = x[..., :4] if tower == "a" else x[..., 4:]
-  np.testing.assert_array_equal(ours.numpy(), reference.numpy())
-  np.testing.assert_array_equal(tape.gradient(ours, x, output_gradients=upstream).numpy(),
-                                tape.gradient(reference, x, output_gradients=upstream).numpy())
-
-
-@pytest.mark.parametrize("batch_shape", [(5,), (2, 5)])   # the fc layers' [batch, features]; N-D
-def test_dense_gradients_are_the_matmul_gradients(batch_shape):
-  """The fc layers write their input gradient themselves, as (w @ dy^T)^T: it and the weight
-  and bias gradients must be those of keras.layers.Dense's own x @ w + b."""
-  rng = np.random.default_rng(4)
-  x = tf.constant(rng.normal(size=(*batch_shape, 12)).astype(np.float32))
-  upstream = tf.constant(rng.normal(size=(*batch_shape, 7)).astype(np.float32))
-  ours = model_lib.PlacedDense(7, activation="relu", bias_initializer="random_normal")
-  reference = keras.layers.Dense(7, activation="relu")
-  ours.build(x.shape)
-  reference.build(x.shape)
-  reference.set_weights(ours.get_weights())
-  grads = []
-  for layer in (ours, reference):
-    with tf.GradientTape() as tape:
-      tape.watch(x)
-      y = layer(x)
-    grads.append([g.numpy() for g in tape.gradient(
-        y, [x, layer.kernel, layer.bias], output_gradients=upstream)])
-  for g_ours, g_reference in zip(*grads):
-    assert np.any(g_ours != 0)
-    np.testing.assert_allclose(g_ours, g_reference, rtol=1e-5, atol=1e-6)
 
 
 def test_paper_init():

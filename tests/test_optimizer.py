@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_alexnet import cpu_kernels
 from keras_alexnet import optimizer as optimizer_lib
 import tiny_data
 
@@ -17,7 +18,8 @@ def _run(opt, values, grads_per_step):
   return [v.numpy() for v in variables]
 
 
-def test_update_matches_hand_computed_paper_rule():
+@pytest.mark.parametrize("mode", ["on", "off"])   # the XLA-fused update; plain TF ops
+def test_update_matches_hand_computed_paper_rule(mode):
   # eps = 0.1, momentum 0.9, decay 0.0005; a kernel entry w = 2 and a bias b = 1, gradients
   # 1.0 then -0.5. By hand, v <- 0.9 v - 0.0005 eps w - eps g; w <- w + v:
   #   kernel: v1 = -0.0005*0.1*2 - 0.1*1 = -0.1001                     w1 = 1.8999
@@ -25,7 +27,8 @@ def test_update_matches_hand_computed_paper_rule():
   #                                                                   w2 = 1.859715005
   #   bias (not decayed): v1 = -0.1, b1 = 0.9; v2 = -0.09 + 0.05 = -0.04, b2 = 0.86
   opt = optimizer_lib.PaperSGD(learning_rate=0.1)
-  kernel, bias = _run(opt, [[[2.0]], [1.0]], [([[1.0]], [1.0]), ([[-0.5]], [-0.5])])
+  with cpu_kernels.using(mode):
+    kernel, bias = _run(opt, [[[2.0]], [1.0]], [([[1.0]], [1.0]), ([[-0.5]], [-0.5])])
   np.testing.assert_allclose(kernel, [[1.859715005]], rtol=1e-6)
   np.testing.assert_allclose(bias, [0.86], rtol=1e-6)
   np.testing.assert_allclose(opt.velocities[0].numpy(), [[-0.040184995]], rtol=1e-5)
@@ -59,26 +62,29 @@ def test_equals_keras_sgd_on_gradient_plus_decay():
   assert not np.allclose(decoupled, ours, rtol=1e-7, atol=0)
 
 
-def test_decay_added_once_under_mirrored_strategy(monkeypatch):
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_decay_added_once_under_mirrored_strategy(monkeypatch, mode):
   """Two replicas each holding half the gradient: the same update as one device with the
-  whole gradient (the decay term is added after the all-reduce, not per replica)."""
-  tiny_data.unique_collective_keys(monkeypatch)
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-  g = np.array([[0.4, -0.2]], np.float32)
-  with strategy.scope():
-    w = keras.Variable(np.array([[1.0, 3.0]], np.float32))
-    opt = optimizer_lib.PaperSGD(learning_rate=0.1)
-    opt.build([w])
+  whole gradient (the decay term is added after the all-reduce, not per replica); with the
+  fused update and with the plain one."""
+  with cpu_kernels.using(mode):
+    tiny_data.unique_collective_keys(monkeypatch)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    g = np.array([[0.4, -0.2]], np.float32)
+    with strategy.scope():
+      w = keras.Variable(np.array([[1.0, 3.0]], np.float32))
+      opt = optimizer_lib.PaperSGD(learning_rate=0.1)
+      opt.build([w])
 
-  @tf.function
-  def step():
-    strategy.run(lambda: opt.apply([tf.constant(g / 2)], [w]))
+    @tf.function
+    def step():
+      strategy.run(lambda: opt.apply([tf.constant(g / 2)], [w]))
 
-  step()
-  step()
-  (single,) = _run(optimizer_lib.PaperSGD(learning_rate=0.1), [[[1.0, 3.0]]], [[g], [g]])
-  np.testing.assert_allclose(strategy.experimental_local_results(w.value)[1].numpy(), single,
-                             rtol=1e-6)
+    step()
+    step()
+    (single,) = _run(optimizer_lib.PaperSGD(learning_rate=0.1), [[[1.0, 3.0]]], [[g], [g]])
+    np.testing.assert_allclose(strategy.experimental_local_results(w.value)[1].numpy(), single,
+                               rtol=1e-6)
 
 
 def test_plateau_divides_by_ten_at_most_three_times():
