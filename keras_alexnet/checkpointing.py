@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import dataset_info
+from keras_alexnet import decoding
 from keras_alexnet import files
 from keras_alexnet import model as model_lib
 
@@ -59,7 +60,7 @@ def tiny_model(num_classes: int, dropout: float = 0.0, conv6: bool = False) -> k
   name, so --conv6 runs (pre-training, then fine-tuning) can be exercised quickly too."""
   # The paper's N(0, 0.01) init suits inputs on the 0..255 scale, as AlexNet's does.
   init = keras.initializers.RandomNormal(stddev=model_lib.INIT_STDDEV)
-  inputs = keras.Input((model_lib.IMAGE_SIZE, model_lib.IMAGE_SIZE, 3), name="images")
+  inputs = keras.Input((decoding.IMAGE_SIZE, decoding.IMAGE_SIZE, 3), name="images")
   x = keras.layers.Conv2D(8, 11, strides=8, activation="relu", kernel_initializer=init,
                           name="conv1")(inputs)
   x = keras.layers.MaxPooling2D(3, strides=3, name="pool1")(x)

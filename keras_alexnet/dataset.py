@@ -11,7 +11,7 @@ per record, a separate parse costs more than the rest of the reading (BUILD_NOTE
 
 What a data_dir holds (format, counts, classes) and DataConfig are keras_alexnet.data_sources';
 the stored image's size and decoder are keras_alexnet.decoding's. Imports those, dataset_info,
-features and model (IMAGE_SIZE), never preprocessing (a later stage).
+and features, never preprocessing or the model (later stages).
 """
 
 import os
@@ -26,7 +26,6 @@ from keras_alexnet import dataset_info
 from keras_alexnet import decoding
 from keras_alexnet import errors
 from keras_alexnet import features
-from keras_alexnet import model
 
 # Files read at once by the interleave; more than the cores so that reads overlap decoding.
 CYCLE_LENGTH = 16
@@ -173,7 +172,7 @@ def _crop_decoder(seed: int, dct_method: str = ""):
   label, int32 [2] offsets). Only the random 224x224 window is decoded; its offsets, uniform
   in 0..32 per axis as augment's, are drawn from (seed, index), so a resumed epoch takes the
   same windows."""
-  size, crop = decoding.STORED_SIZE, model.IMAGE_SIZE
+  size, crop = decoding.STORED_SIZE, decoding.IMAGE_SIZE
 
   @_no_autograph
   def decode(index, record):

@@ -1,23 +1,23 @@
 """The stored image, shared by every stage that handles it: the pipeline (keras_alexnet.dataset),
 preprocessing, the statistics reader (dataset_info) and export.
 
-- STORED_SIZE: the 256x256 image the builder stores (section 2) and the pipeline yields; the
-  crop window of the network's input (model.IMAGE_SIZE) inside it: MAX_OFFSET, CENTER_OFFSET.
+- STORED_SIZE: the 256x256 image the builder stores (section 2) and the pipeline yields;
+  IMAGE_SIZE, the 224x224 window of it the network takes (section 4.1), and where that window
+  may lie: MAX_OFFSET, CENTER_OFFSET.
 - RNG: the random generator every stateless draw over it uses (augment's, decode_crop's).
 - `decode_to_stored`: encoded image bytes -> that stored image (the pipeline's decoder for
   original-size shards, and the served model's), with `header_pixels` refusing decompression
   bombs before anything is decoded.
 
-Imports only TensorFlow and model (for IMAGE_SIZE, the network's input), so that no stage has
-to import a later one for these.
+Imports only TensorFlow: every stage, the model too, reads these sizes from here, so that no
+stage has to import a later one for them.
 """
 
 import tensorflow as tf
 
-from keras_alexnet import model
-
 STORED_SIZE = 256  # Section 2: shorter side rescaled to 256, central 256x256 patch.
-MAX_OFFSET = STORED_SIZE - model.IMAGE_SIZE   # 32: crops start at 0..32, 33 positions per axis.
+IMAGE_SIZE = 224   # Section 4.1: "random 224x224 patches" of them; the network's input.
+MAX_OFFSET = STORED_SIZE - IMAGE_SIZE   # 32: crops start at 0..32, 33 positions per axis.
 CENTER_OFFSET = MAX_OFFSET // 2          # 16.
 # A stored image as raw pixels (the builder's --encoding=raw): uint8 RGB, row-major.
 RAW_BYTES = STORED_SIZE * STORED_SIZE * 3   # 196,608

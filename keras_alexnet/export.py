@@ -47,7 +47,6 @@ from keras_alexnet import errors
 from keras_alexnet import files
 from keras_alexnet import preprocessing
 from keras_alexnet import workdir_lock
-from keras_alexnet.model import IMAGE_SIZE
 
 SERVING_SIGNATURE = "serving_default"
 PREPROCESSED_SIGNATURE = "preprocessed"
@@ -252,7 +251,8 @@ def _check_model(model: keras.Model) -> int:
   side = input_shape[1] if len(input_shape) == 4 else None
   if (not isinstance(side, int) or input_shape[1:] != (side, side, 3)
       or side > decoding.STORED_SIZE):
-    raise ValueError(f"The model must take [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3] crops (or "
+    size = decoding.IMAGE_SIZE
+    raise ValueError(f"The model must take [N, {size}, {size}, 3] crops (or "
                      f"another square side <= {decoding.STORED_SIZE}, as a converted Caffe "
                      f"net's 227); its input shape is {input_shape}.")
   output_shape = tuple(model.output_shape)

@@ -23,7 +23,8 @@ activation, LRN, overlapping pooling, dropout and the removal of a middle conv l
 
 This module is the network only. Its layers (LRN, the tower split, the placement on two
 devices) are in keras_alexnet.layers; the CPU training speed-ups those layers may take, in
-keras_alexnet.cpu_kernels. May import keras_alexnet.layers, distribute and errors.
+keras_alexnet.cpu_kernels. May import keras_alexnet.layers, decoding (the input size), distribute
+and errors.
 """
 
 import dataclasses
@@ -31,11 +32,11 @@ from typing import Optional, Tuple
 
 import keras
 
+from keras_alexnet import decoding
 from keras_alexnet import distribute
 from keras_alexnet import errors
 from keras_alexnet import layers
 
-IMAGE_SIZE = 224  # Section 2: "random 224x224 patches" of the 256x256 images.
 NUM_CLASSES = 1000
 
 # Section 5: "zero-mean Gaussian distribution with standard deviation 0.01"; "neuron biases in
@@ -76,7 +77,7 @@ class ModelConfig:
   init: str = "paper"               # "paper" (N(0, 0.01), biases 1/0) or "he" (He normal, 0).
   softmax: bool = False             # Logits by default; training uses cross-entropy on logits.
   devices: Optional[Tuple[str, str]] = None  # The paper's two-GPU split: (tower a, tower b).
-  input_shape: Tuple[int, int, int] = (IMAGE_SIZE, IMAGE_SIZE, 3)
+  input_shape: Tuple[int, int, int] = (decoding.IMAGE_SIZE, decoding.IMAGE_SIZE, 3)
   # The paper feeds raw pixel values minus the mean (section 2): scale 1. He init assumes
   # unit-variance inputs; 1/64 brings the ~+-128 pixel range there. Part of the model, so
   # evaluation and export apply it without knowing of it.
@@ -105,15 +106,16 @@ def _check_config(config: ModelConfig, include_top: bool = True):
   top, bottom, left, right = _conv1_padding(config)
   sides = [_pool5_size(n, pad, config) if n else None
            for n, pad in zip(shape[:2], (top + bottom, left + right))]
+  size = decoding.IMAGE_SIZE
   if not include_top:
     if len(shape) != 3 or shape[2] != 3 or any(n is not None and n < 1 for n in sides):
       raise errors.invalid(
           "input_shape", config.input_shape, "(H, W, 3) large enough for pool5's 3x3 window "
           "(H, W >= 64 for the paper's net) or with None sides")
-  elif config.conv1_padding is None and shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
+  elif config.conv1_padding is None and shape != (size, size, 3):
     raise errors.invalid(
         "input_shape", config.input_shape,
-        f"({IMAGE_SIZE}, {IMAGE_SIZE}, 3): the conv/pool stack must end on the 6x6x256 grid "
+        f"({size}, {size}, 3): the conv/pool stack must end on the 6x6x256 grid "
         "that fc6 is sized for (section 3.5); crop larger images to 224 first")
   elif len(shape) != 3 or shape[2] != 3 or any(n != 6 for n in sides):
     raise errors.invalid(

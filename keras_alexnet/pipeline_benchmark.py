@@ -38,7 +38,6 @@ from keras_alexnet import dataset_info
 from keras_alexnet import decoding
 from keras_alexnet import features
 from keras_alexnet import files
-from keras_alexnet import model as model_lib
 from keras_alexnet import preprocessing
 
 JPEG_QUALITY = 95   # tfrecords.build's default; sets how hard decoding is.
@@ -251,7 +250,7 @@ def map_fn_crop_rate(batch_size: int, repeats: int = 5) -> float:
   """Images/s of the per-image alternative: map_fn of crop_to_bounding_box + a mirror."""
   rng = np.random.default_rng(0)
   images = tf.constant(rng.integers(0, 256, (batch_size, 256, 256, 3), dtype=np.uint8))
-  size = model_lib.IMAGE_SIZE
+  size = decoding.IMAGE_SIZE
 
   @tf.function
   def crop():

@@ -11,9 +11,8 @@ that happens here, on the accelerator, inside the step that runs the model:
   the pipeline's own decoder) -> the evaluation crop, so that an exported model and the
   evaluation cannot drift.
 
-Pixel values are on the 0..255 scale throughout. Imports decoding (the stored image's size and
-decoder), model (IMAGE_SIZE, the network's input) and dataset_info (the Statistics type); the
-statistics are read from files by dataset_info, not here.
+Pixel values are on the 0..255 scale throughout. Imports decoding (the stored image's size, the
+network's input size and the decoder) and dataset_info (the Statistics type); the statistics are read from files by dataset_info, not here.
 """
 
 import dataclasses
@@ -24,7 +23,6 @@ import tensorflow as tf
 from keras_alexnet import dataset_info
 from keras_alexnet import decoding
 from keras_alexnet import errors
-from keras_alexnet import model
 
 # Section 4.1: alpha_i "drawn from a Gaussian with mean zero and standard deviation 0.1".
 PCA_STDDEV = 0.1
@@ -105,7 +103,7 @@ def augment_crops(crops, offsets, stats: dataset_info.Statistics,
   """
   crops = tf.convert_to_tensor(crops)
   shape = crops.shape
-  size = model.IMAGE_SIZE
+  size = decoding.IMAGE_SIZE
   if crops.dtype != tf.uint8 or shape.rank != 4 or tuple(shape[1:]) != (size, size, 3):
     raise ValueError(f"crops must be a uint8 batch [B, {size}, {size}, 3] (the "
                      f"decode_crop pipeline's output); received {crops.dtype.name} {shape}.")
@@ -171,9 +169,9 @@ def lighting(alpha, stats: dataset_info.Statistics) -> tf.Tensor:
 
 def _crop_indices(offsets, mirrored):
   """Row and column indices [B, 224] of each crop, the columns reversed where mirrored."""
-  steps = tf.range(model.IMAGE_SIZE, dtype=tf.int32)
+  steps = tf.range(decoding.IMAGE_SIZE, dtype=tf.int32)
   rows = offsets[:, 0:1] + steps
-  cols = offsets[:, 1:2] + tf.where(mirrored[:, None], model.IMAGE_SIZE - 1 - steps, steps)
+  cols = offsets[:, 1:2] + tf.where(mirrored[:, None], decoding.IMAGE_SIZE - 1 - steps, steps)
   return rows, cols
 
 
@@ -183,7 +181,7 @@ def _gather_crops(images, rows, cols):
   return tf.gather(images, cols, axis=2, batch_dims=1)
 
 
-def _crop(images, stats, mean, y, x, size=model.IMAGE_SIZE):
+def _crop(images, stats, mean, y, x, size=decoding.IMAGE_SIZE):
   """The mean-subtracted float32 crop at the static offset (y, x)."""
   crop = tf.cast(images[:, y:y + size, x:x + size, :], tf.float32)
   mean = _mean_image(stats, mean)
@@ -199,7 +197,7 @@ def _check_size(size):
 
 
 def center_crop(images, stats: dataset_info.Statistics, mean: str = "per_pixel",
-                size: int = model.IMAGE_SIZE) -> tf.Tensor:
+                size: int = decoding.IMAGE_SIZE) -> tf.Tensor:
   """The evaluation input: the centre 224x224 patch minus the mean. uint8 [B, 256, 256, 3] ->
   float32 [B, 224, 224, 3]. `mean` must be the one training used. Another `size` (a converted
   Caffe net's 227) starts at (256 - size) // 2, the integer division of Caffe's data layer."""
@@ -218,7 +216,7 @@ VIEW_OFFSETS = ((0, 0), (0, decoding.MAX_OFFSET), (decoding.MAX_OFFSET, 0),
 
 
 def ten_views(images, stats: dataset_info.Statistics, mean: str = "per_pixel",
-              size: int = model.IMAGE_SIZE) -> tf.Tensor:
+              size: int = decoding.IMAGE_SIZE) -> tf.Tensor:
   """The paper's 10 test patches of each image: uint8 [B, 256, 256, 3] -> float32
   [B, 10, 224, 224, 3], views 0-4 as in VIEW_OFFSETS, views 5-9 their mirrors (corners and
   centre of `size` crops for another size)."""
@@ -233,7 +231,7 @@ def ten_views(images, stats: dataset_info.Statistics, mean: str = "per_pixel",
 
 
 def serving_preprocess(image_bytes, stats: dataset_info.Statistics, mean: str = "per_pixel",
-                       size: int = model.IMAGE_SIZE,
+                       size: int = decoding.IMAGE_SIZE,
                        max_pixels: int = decoding.MAX_IMAGE_PIXELS) -> tf.Tensor:
   """Encoded image bytes (scalar string) -> the evaluation input, float32 [224, 224, 3]
   ([size, size, 3]); an image over max_pixels (read from its header) is refused before it is

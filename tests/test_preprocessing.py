@@ -17,7 +17,7 @@ from keras_alexnet import preprocessing as pp
 from test_decoding import encode
 from test_decoding import smooth_image
 
-S, C, M = decoding.STORED_SIZE, model_lib.IMAGE_SIZE, decoding.MAX_OFFSET
+S, C, M = decoding.STORED_SIZE, decoding.IMAGE_SIZE, decoding.MAX_OFFSET
 
 
 def coordinate_images(batch):
