@@ -13,12 +13,12 @@ from typing import Optional, Tuple
 from absl import flags
 
 from keras_alexnet import dataset as dataset_lib
+from keras_alexnet import distribute
 from keras_alexnet import errors
 from keras_alexnet import model as model_lib
 from keras_alexnet import optimizer as optimizer_lib
 from keras_alexnet import preprocessing
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "two_tower")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LR_SCHEDULES = ("plateau", "step")
 LR_SCALINGS = ("linear", "none")
@@ -55,7 +55,7 @@ class TrainConfig:
   log_every_steps: int = 100
   summary_images: bool = True
   collective_timeout: float = 0.0       # Seconds; 0: TF's default (multi_worker only).
-  tiny_model: bool = False              # Tests only: see checkpointing.build_model.
+  tiny_model: bool = False              # Tests only: see workdir.build_model.
   init_checkpoint: Optional[str] = None  # Fine-tuning: weights of a workdir or checkpoint.
   trainable_from: Optional[str] = None  # Layers before this one are frozen; None: none.
   # Seconds the trainer waits for one batch (e.g. from tf.data service workers that died)
@@ -96,8 +96,8 @@ def check_train_config(config: Config) -> None:
 
   def bad(what, got, allowed):
     raise errors.invalid(f"--{what}", got, allowed)
-  if t.strategy not in STRATEGIES:
-    bad("strategy", t.strategy, f"one of {STRATEGIES}")
+  if t.strategy not in distribute.STRATEGIES:
+    bad("strategy", t.strategy, f"one of {distribute.STRATEGIES}")
   if t.precision not in PRECISIONS:
     bad("precision", t.precision, f"one of {PRECISIONS}")
   if t.lr_scaling not in LR_SCALINGS:
@@ -259,7 +259,8 @@ def _define_train_flags(fv):
       # Hardware.
       # The flag's default is auto (the hardware at hand); a TrainConfig built in code keeps
       # one_device, so library callers see no change.
-      d.DEFINE_enum("strategy", "auto", STRATEGIES, "auto (two_tower on exactly two GPUs, "
+      d.DEFINE_enum("strategy", "auto", distribute.STRATEGIES,
+                        "auto (two_tower on exactly two GPUs, "
                         "mirrored on more, else one_device; never multi_worker) | one_device | "
                         "mirrored (local GPUs or --devices) | multi_worker (TF_CONFIG) | "
                         "two_tower (the paper's split of the towers over two devices)."),

@@ -15,8 +15,6 @@ After each epoch: validation error (centre crop), the learning-rate schedule, a 
 """
 
 import dataclasses
-import json
-import math
 import os
 import signal
 import sys
@@ -28,20 +26,20 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import bounded_input
-from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
 from keras_alexnet import dataset as dataset_lib
 from keras_alexnet import distribute
 from keras_alexnet import files
+from keras_alexnet import finetune
 from keras_alexnet import optimizer as optimizer_lib
 from keras_alexnet import preprocessing
+from keras_alexnet import summaries
+from keras_alexnet import workdir as workdir_lib
 from keras_alexnet import workdir_lock
 
 # Seeds of the random streams, folded with the step and the replica.
 _AUGMENT_STREAM = 0
 _DROPOUT_STREAM = 1
-SUMMARY_IMAGES = 3          # Augmented inputs shown in TensorBoard each epoch.
-KERNEL_ZOOM = 4             # conv1 kernels are 11x11: enlarged so that TensorBoard shows them.
 
 
 class NonFiniteLossError(RuntimeError):
@@ -56,127 +54,6 @@ class Stopped(Exception):
                      "a checkpoint; run the same command again to resume.")
     self.signum = signum
     self.step = step
-
-
-# ---------------------------------------------------------------------------------------------
-# Devices and strategies.
-
-
-def _check_devices(devices):
-  missing = distribute.missing_devices(devices)
-  if missing:
-    raise ValueError(f"--devices {missing} not found; this machine has "
-                     f"{distribute.logical_device_names()}.")
-
-
-def auto_strategy(gpus, cpus, devices=(), paper_net=True) -> tuple:
-  """(strategy, devices, why) that --strategy=auto picks among the logical devices.
-
-  The rule counts GPUs; without GPUs it counts the logical CPU devices, which exist only when
-  the user split the CPU with --num_cpu_devices to try the strategies (a plain CPU is one
-  device); --devices, when given, are the devices counted. Exactly two: the paper's
-  two_tower split (section 3.2), or mirrored for a net without towers (--tiny_model,
-  --variant=one_tower); more: mirrored over all of them; one: one_device.
-  """
-  if devices:
-    found = list(devices)
-    count = f"--devices names {len(found)} device(s) ({', '.join(found)})"
-  elif gpus:
-    found = list(gpus)
-    count = f"this machine has {len(found)} GPU(s) ({', '.join(found)})"
-  elif len(cpus) >= 2:
-    found = list(cpus)
-    count = (f"this machine has no GPU and {len(found)} logical CPU devices "
-             f"({', '.join(found)}; --num_cpu_devices)")
-  else:
-    found = list(cpus[:1]) or ["/cpu:0"]
-    count = f"this machine has no GPU and one CPU device ({found[0]})"
-  if len(found) == 2 and paper_net:
-    return "two_tower", found, (f"{count}: the paper's split, tower a on {found[0]} and "
-                                f"tower b on {found[1]}")
-  if len(found) >= 2:
-    return "mirrored", found, f"{count}: one replica on each" + (
-        "" if paper_net else " (two_tower needs the paper's two-tower net)")
-  return "one_device", found, f"{count}: one replica"
-
-
-def _refuse_auto_under_tf_config():
-  tf_config = os.environ.get("TF_CONFIG")
-  if tf_config:
-    raise ValueError(
-        "--strategy=auto never chooses multi-worker training, but TF_CONFIG is set "
-        f"({tf_config[:200]!r}). Pass --strategy=multi_worker to train on every worker of "
-        "TF_CONFIG, or unset TF_CONFIG and pass --strategy=auto (or one_device, mirrored, "
-        "two_tower) to train on this machine alone.")
-
-
-def make_strategy(train: config_lib.TrainConfig, paper_net: bool = True):
-  """(strategy, the model's two tower devices or None) for --strategy.
-
-  paper_net: the model has the paper's two towers (what --strategy=auto needs to choose
-  two_tower).
-  """
-  devices = list(train.devices)
-  if train.strategy == "auto":
-    _refuse_auto_under_tf_config()
-    if devices:
-      _check_devices(devices)
-    name, chosen, why = auto_strategy(
-        [d.name for d in tf.config.list_logical_devices("GPU")],
-        [d.name for d in tf.config.list_logical_devices("CPU")], devices,
-        paper_net and not train.tiny_model)
-    logging.info("--strategy=auto chose %s: %s. To force another, pass --strategy=%s (and "
-                 "--devices=... to name the devices).", name, why,
-                 "|".join(s for s in config_lib.STRATEGIES if s not in ("auto", name)))
-    return make_strategy(dataclasses.replace(train, strategy=name, devices=tuple(chosen)))
-  if train.strategy == "multi_worker":
-    # First: listing devices would start TF's runtime, after which collectives cannot be set up.
-    tf_config = os.environ.get("TF_CONFIG")
-    if not tf_config:
-      raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
-                       "(cluster and task; see README.md, 'Train and evaluate').")
-    try:
-      json.loads(tf_config)["cluster"]
-    except (ValueError, KeyError, TypeError):
-      raise ValueError(f"TF_CONFIG must be JSON with a 'cluster' and a 'task'; received "
-                       f"{tf_config!r}.") from None
-    options = tf.distribute.experimental.CommunicationOptions(
-        timeout_seconds=train.collective_timeout or None)
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options), None
-  gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
-  if devices:
-    _check_devices(devices)
-  if train.strategy == "one_device":
-    if len(devices) > 1:
-      raise ValueError(f"--strategy=one_device takes at most one device; received {devices}.")
-    device = devices[0] if devices else (gpus[0] if gpus else "/cpu:0")
-    return tf.distribute.OneDeviceStrategy(device), None
-  if train.strategy == "mirrored":
-    # No GPUs: every logical CPU (see --num_cpu_devices), where TF's default takes one.
-    devices = devices or gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
-    if len(devices) == 1:
-      logging.warning("--strategy=mirrored over one device (%s) runs one replica, as "
-                      "--strategy=one_device does. For more, use a machine with several GPUs, "
-                      "name them with --devices, or split the CPU with --num_cpu_devices=N.",
-                      devices[0])
-    return tf.distribute.MirroredStrategy(devices), None
-  if train.strategy == "two_tower":
-    if not devices:
-      devices = gpus[:2] if len(gpus) >= 2 else [
-          d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    if len(devices) < 2:
-      raise ValueError(
-          "--strategy=two_tower puts tower a and tower b on two devices but this machine has "
-          f"{sorted(d.name for d in tf.config.list_logical_devices())}. Use a machine with two "
-          "GPUs, name two with --devices, or split the CPU with --num_cpu_devices=2.")
-    return tf.distribute.OneDeviceStrategy(devices[0]), tuple(devices[:2])
-  raise ValueError(f"--strategy must be one of {config_lib.STRATEGIES}; received "
-                   f"{train.strategy!r}.")
-
-
-def _worker_id(strategy) -> int:
-  resolver = getattr(strategy, "cluster_resolver", None)
-  return int(getattr(resolver, "task_id", 0) or 0) if resolver else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,136 +196,6 @@ def _input_source(data: dataset_lib.DataConfig) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Summaries.
-
-
-def kernel_grid(kernels: np.ndarray, columns: int = 12) -> np.ndarray:
-  """conv1 kernels [h, w, 3, n] -> one RGB image [1, H, W, 3] in [0, 1], as the paper's
-  Figure 3 shows them: each kernel scaled on its own, 1-pixel gaps. With 96 kernels the first
-  4 rows are tower a's 48, the last 4 tower b's."""
-  h, w, _, n = kernels.shape
-  columns = columns if n % columns == 0 else int(math.ceil(math.sqrt(n)))
-  rows = int(math.ceil(n / columns))
-  grid = np.ones((rows * (h + 1) + 1, columns * (w + 1) + 1, 3), np.float32)
-  for i in range(n):
-    k = kernels[..., i]
-    scale = np.abs(k).max() or 1.0
-    r, c = divmod(i, columns)
-    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = (
-        0.5 + 0.5 * k / scale)
-  grid = np.repeat(np.repeat(grid, KERNEL_ZOOM, axis=0), KERNEL_ZOOM, axis=1)
-  return grid[None]
-
-
-def _display(images):
-  """Mean-subtracted float crops -> [0, 1] per image, for TensorBoard."""
-  lo = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
-  hi = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
-  return (images - lo) / tf.maximum(hi - lo, 1e-6)
-
-
-class _Writers:
-  """TensorBoard writers: the chief writes, the other workers write nothing."""
-
-  def __init__(self, workdir, active):
-    root = os.path.join(workdir, "tensorboard")
-    if active:
-      self.train = tf.summary.create_file_writer(os.path.join(root, "train"))
-      self.validation = tf.summary.create_file_writer(os.path.join(root, "validation"))
-    else:
-      self.train = self.validation = tf.summary.create_noop_writer()
-
-  def flush(self):
-    self.train.flush()
-    self.validation.flush()
-
-
-# ---------------------------------------------------------------------------------------------
-# The workdir.
-
-
-def _metadata(config, model_config, data_meta, stats, steps_per_epoch, strategy) -> dict:
-  """config.json; in its JSON form (lists, not tuples) so that it compares with a saved one."""
-  return json.loads(json.dumps({
-      "model_config": checkpointing.model_config_to_json(model_config),
-      "tiny_model": config.train.tiny_model,
-      "num_classes": model_config.num_classes,
-      "classes": data_meta.get("classes"),
-      "data_dir": config.data.data_dir,
-      "data": {"format": data_meta.get("format"), "num_examples": data_meta["num_examples"],
-               "label_offset": data_meta.get("label_offset")},
-      "statistics": checkpointing.STATISTICS_FILE,
-      "statistics_source": stats.source,
-      "augment": dataclasses.asdict(config.augment),
-      "train": {**dataclasses.asdict(config.train), "steps_per_epoch": steps_per_epoch,
-                "replicas": strategy.num_replicas_in_sync,
-                "peak_learning_rate": config.train.peak_learning_rate()},
-  }))
-
-
-def _check_same_run(workdir, metadata):
-  """A resumed run must be the run the workdir holds: same model, classes, batch, epoch."""
-  try:
-    old = checkpointing.read_metadata(workdir)
-  except FileNotFoundError:
-    return
-  checks = [("model_config", old.get("model_config"), metadata["model_config"]),
-            ("tiny_model", old.get("tiny_model", False), metadata["tiny_model"]),
-            ("num_classes", old.get("num_classes"), metadata["num_classes"])]
-  for key in ("batch_size", "steps_per_epoch", "seed"):
-    checks.append((key, old.get("train", {}).get(key), metadata["train"][key]))
-  checks.append(("trainable_from", old.get("train", {}).get("trainable_from"),
-                 metadata["train"]["trainable_from"]))
-  checks.append(("lr_schedule", old.get("train", {}).get("schedule", {}).get("kind"),
-                 metadata["train"]["schedule"]["kind"]))
-  for name, was, now in checks:
-    if was != now:
-      raise ValueError(
-          f"{workdir} holds a run with {name}={was!r}, but this run has {name}={now!r}; "
-          "resuming would mix two different runs. Use another --workdir, or --resume=false to "
-          "start afresh here (the old checkpoints are moved aside, not deleted).")
-
-
-def freeze_before(model: keras.Model, trainable_from: str) -> list:
-  """Marks the layers before `trainable_from` untrainable (no gradients, no weight decay, no
-  momentum); returns their names. Layers are named by the paper's groups: conv2 is conv2_a
-  and conv2_b."""
-  groups = []
-  for layer in model.layers:
-    if layer.weights and layer.name.split("_")[0] not in groups:
-      groups.append(layer.name.split("_")[0])
-  if trainable_from not in groups:
-    raise ValueError(f"--trainable_from must be one of this model's layers {groups}; received "
-                     f"{trainable_from!r}.")
-  frozen_groups = groups[:groups.index(trainable_from)]
-  frozen = [layer for layer in model.layers if layer.name.split("_")[0] in frozen_groups]
-  for layer in frozen:
-    layer.trainable = False
-  return [layer.name for layer in frozen if layer.weights]
-
-
-def _move_aside(workdir):
-  """--resume=false: the previous run's checkpoints and events go to a dated folder."""
-  moved = [n for n in (checkpointing.CHECKPOINT_DIR, "tensorboard")
-           if os.path.exists(os.path.join(workdir, n))]
-  if not moved:
-    return
-  base = os.path.join(workdir, time.strftime("previous-%Y%m%d-%H%M%S"))
-  target, n = base, 1
-  while True:   # Never into (or over) a folder that exists: two restarts in one second.
-    try:
-      os.makedirs(target)
-      break
-    except FileExistsError:
-      n += 1
-      target = f"{base}-{n}"
-  for name in moved:
-    os.replace(os.path.join(workdir, name), os.path.join(target, name))
-  logging.warning("--resume=false: moved the previous run's %s to %s.", " and ".join(moved),
-                  target)
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop.
 
 
@@ -495,11 +242,11 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
   config_lib.check_train_config(config)
   t = config.train
   if t.strategy == "auto":
-    _refuse_auto_under_tf_config()   # Before anything is read.
+    distribute.refuse_auto_under_tf_config()   # Before anything is read.
   strategy = None
   if t.strategy == "multi_worker":
     # Collective ops must be set up before TF runs anything, e.g. reading the dataset below.
-    strategy, tower_devices = make_strategy(t)
+    strategy, tower_devices = distribute.make_strategy(t)
   # What the dataset itself says, without --num_classes: this project's shards declare their
   # classes, and a different --num_classes is a mistake. Model Garden and TFDS shards do not
   # (1000 assumed), and there --num_classes=1001 keeps their background class.
@@ -523,7 +270,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
            else preprocessing.statistics_from_dataset_info(config.data.data_dir))
 
   if strategy is None:
-    strategy, tower_devices = make_strategy(t, paper_net=config.model.variant == "paper")
+    strategy, tower_devices = distribute.make_strategy(
+        t, paper_net=config.model.variant == "paper")
   replicas = strategy.num_replicas_in_sync
   if t.batch_size % replicas:
     raise ValueError(f"--batch_size={t.batch_size} (the global batch) is not divisible by the "
@@ -540,18 +288,19 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
   if t.init_checkpoint and not t.tiny_model:
     # A converted pretrained net is fine-tuned as the source's own architecture (on the usual
     # 224 crops: Caffe's unpadded net reaches fc6's 6x6 grid there too, by its ceil pooling).
-    source = checkpointing.init_architecture(t.init_checkpoint)
+    source = finetune.init_architecture(t.init_checkpoint)
     if source:
       logging.info("--init_checkpoint is a converted net; its architecture is kept: %s", source)
       model_config = dataclasses.replace(model_config, **source)
-  metadata = _metadata(config, model_config, data_meta, stats, steps_per_epoch, strategy)
+  metadata = workdir_lib.run_metadata(config, model_config, data_meta, stats, steps_per_epoch,
+                                      strategy.num_replicas_in_sync)
   # One trainer per workdir (the chief's: other workers of a run write no files of their own).
   lock = workdir_lock.WorkdirLock(workdir) if strategy.extended.should_checkpoint else None
   if lock is not None:
     lock.acquire()
   try:
     if t.resume:
-      _check_same_run(workdir, metadata)
+      workdir_lib.check_same_run(workdir, metadata)
     keras.mixed_precision.set_global_policy(t.precision)
     return _train(config, workdir, flags_text, strategy, tower_devices, model_config, metadata,
                   stats, steps_per_epoch, has_validation)
@@ -569,34 +318,35 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
   keras.utils.set_random_seed(t.seed)   # The initial weights.
   peak_lr = t.peak_learning_rate()
   with strategy.scope():
-    model = checkpointing.build_model(
+    model = workdir_lib.build_model(
         dataclasses.replace(model_config, devices=tower_devices), tiny=t.tiny_model)
-    frozen = freeze_before(model, t.trainable_from) if t.trainable_from else []
+    frozen = finetune.freeze_before(model, t.trainable_from) if t.trainable_from else []
     optimizer = optimizer_lib.PaperSGD(peak_lr, momentum=t.momentum,
                                        weight_decay=t.weight_decay, decay_biases=t.decay_biases)
     if t.precision == "mixed_float16":
       optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)
-  checkpoint = tf.train.Checkpoint(model=checkpointing.checkpointed_variables(model),
+  checkpoint = tf.train.Checkpoint(model=workdir_lib.checkpointed_variables(model),
                                    optimizer=optimizer)
 
   chief = strategy.extended.should_checkpoint
-  store = checkpointing.CheckpointStore(workdir, t.keep_checkpoints, chief, _worker_id(strategy))
+  store = workdir_lib.CheckpointStore(workdir, t.keep_checkpoints, chief,
+                                      distribute.worker_id(strategy))
   if frozen:
     logging.info("Frozen (--trainable_from=%s): %s.", t.trainable_from, ", ".join(frozen))
   if t.init_checkpoint and not (t.resume and store.steps()):
     # Once, at the start: a resumed run continues from its own checkpoints instead.
-    init = checkpointing.load_init_weights(model, t.init_checkpoint)
+    init = finetune.load_init_weights(model, t.init_checkpoint)
     logging.info("Initialised from %s: %s; re-initialised: %s.", init["checkpoint"],
                  ", ".join(init["loaded"]), ", ".join(init["reinitialised"]) or "none")
   if chief:
     os.makedirs(workdir, exist_ok=True)
     if not t.resume:
-      _move_aside(workdir)
+      workdir_lib.move_aside(workdir)
     store.clean_partial()
-    files.write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), metadata)
-    files.write_text(os.path.join(workdir, checkpointing.FLAGS_FILE), flags_text)
-    checkpointing.save_statistics(workdir, stats)
+    files.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE), metadata)
+    files.write_text(os.path.join(workdir, workdir_lib.FLAGS_FILE), flags_text)
+    workdir_lib.save_statistics(workdir, stats)
 
   schedule = optimizer_lib.make_schedule(t.schedule, peak_lr)
   state = store.restore(checkpoint) if t.resume else None
@@ -626,7 +376,8 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
                                t.seed, t.xla)
   distributed_eval = t.strategy != "multi_worker"
   eval_step = make_eval_step(model, strategy, stats, config.augment.mean, distributed_eval)
-  writers = _Writers(workdir, strategy.extended.should_save_summary)
+  writers = summaries.Writers(os.path.join(workdir, workdir_lib.TENSORBOARD_DIR),
+                             strategy.extended.should_save_summary)
   per_replica = t.batch_size // strategy.num_replicas_in_sync
 
   def state_dict():
@@ -644,7 +395,7 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
     writers.flush()
     # A checkpoint is a "last good" one only with finite weights: a step can overflow them
     # before the loss shows it (the loss of step k is computed before step k's update).
-    bad = checkpointing.nonfinite_variables(model)
+    bad = workdir_lib.nonfinite_variables(model)
     if bad:
       steps = store.steps()
       raise NonFiniteLossError(
@@ -709,7 +460,8 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
       while batch_in_epoch < steps_per_epoch:
         images, labels = fetch(signals)
         if first_of_epoch and t.summary_images and batch_in_epoch == 0:
-          _summarize_inputs(writers, strategy, images, stats, config.augment, t.seed, step)
+          summaries.augmented_inputs(writers, strategy, images, stats, config.augment,
+                                     _step_seed(t.seed, step, 0, _AUGMENT_STREAM), step)
         out = train_step(images, labels, tf.constant(step, tf.int64),
                          tf.constant(float(signals.signum > 0)))
         loss_sum, top1, top5, stop = (x.numpy() for x in out)
@@ -762,7 +514,7 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
         logging.info("Validation error stopped improving: learning rate %g -> %g.", lr,
                      schedule.learning_rate(epoch + 1))
       history.append({"epoch": epoch + 1, "step": step, "learning_rate": lr, "validation": val})
-      _summarize_epoch(writers, model, val, step, t.summary_images)
+      summaries.epoch_end(writers, model, val, step, t.summary_images)
       now = time.perf_counter()
       logging.info("Epoch %d/%d done at step %d in %s (validation %.1f s): validation %s.",
                    epoch + 1, t.epochs, step, _duration(now - epoch_start),
@@ -833,13 +585,8 @@ def _log_window(writers, window, timed_steps, start, step, epoch, batch, steps_p
   n = steps * global_batch
   seconds = time.perf_counter() - start
   images_per_second = timed_steps * global_batch / seconds if timed_steps else None
-  with writers.train.as_default(step=step):
-    tf.summary.scalar("loss", loss_sum / n)
-    tf.summary.scalar("top1_error", 1 - top1 / n)
-    tf.summary.scalar("top5_error", 1 - top5 / n)
-    tf.summary.scalar("learning_rate", lr)
-    if images_per_second:
-      tf.summary.scalar("images_per_second", images_per_second)
+  summaries.train_scalars(writers, step, loss_sum / n, 1 - top1 / n, 1 - top5 / n, lr,
+                          images_per_second)
   if chief:
     # ETA: the steps left at the rate since the last log line (validation not included).
     eta = (_duration(steps_left * seconds / timed_steps) if timed_steps and steps_left
@@ -848,24 +595,3 @@ def _log_window(writers, window, timed_steps, start, step, epoch, batch, steps_p
                  "lr %g, %s images/s, ETA %s (%d steps left)", step, epoch + 1, batch,
                  steps_per_epoch, loss_sum / n, 1 - top1 / n, 1 - top5 / n, lr,
                  f"{images_per_second:.1f}" if images_per_second else "-", eta, steps_left)
-
-
-def _summarize_inputs(writers, strategy, images, stats, augment, seed, step):
-  """A few inputs of the coming step, augmented as replica 0 will augment them."""
-  local = strategy.experimental_local_results(images)[0][:SUMMARY_IMAGES]
-  crops = preprocessing.augment(local, stats, augment,
-                                _step_seed(seed, step, 0, _AUGMENT_STREAM))
-  with writers.train.as_default(step=step):
-    tf.summary.image("augmented_inputs", _display(crops), max_outputs=SUMMARY_IMAGES)
-
-
-def _summarize_epoch(writers, model, val, step, images):
-  with writers.validation.as_default(step=step):
-    for key in ("loss", "top1_error", "top5_error"):
-      if key in val:
-        tf.summary.scalar(key, val[key])
-  if images:
-    conv1 = model.get_layer("conv1").kernel
-    with writers.train.as_default(step=step):
-      tf.summary.image("conv1_kernels", kernel_grid(np.asarray(conv1)))
-  writers.flush()
