@@ -12,6 +12,11 @@ after step k (bit for bit with --deterministic).
 
 After each epoch: validation error (centre crop), the learning-rate schedule, a checkpoint
 (kept as "best" when the validation error is the lowest so far), TensorBoard summaries.
+
+Where the run stands (step, epoch, best error, the schedule's state) is one TrainState, saved
+into and restored from each checkpoint's state.json in one place. This module is the loop and
+its steps only: the strategy comes from distribute, the workdir and its checkpoint store from
+workdir (the lock from workdir_lock), fine-tuning from finetune, TensorBoard from summaries.
 """
 
 import dataclasses
@@ -19,6 +24,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any, Optional
 
 from absl import logging
 import keras
@@ -57,7 +63,80 @@ class Stopped(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
+# The loop's state.
+
+
+@dataclasses.dataclass
+class TrainState:
+  """Where the run stands besides the weights and the optimizer's slots: all that a resumed run
+  needs to go on as an uninterrupted one would. Written into every checkpoint's state.json
+  (`to_json`) and read back from it (`from_json`), here only.
+
+  schedule: the learning-rate schedule (optimizer.make_schedule); its state is saved too.
+  """
+  schedule: Any
+  step: int = 0                 # Steps done, over all epochs.
+  epoch: int = 0                # Epochs done.
+  batch: int = 0                # Batches done in the current epoch.
+  best_top1_error: Optional[float] = None
+  history: list = dataclasses.field(default_factory=list)   # One record per epoch done.
+  earlier_seconds: float = 0.0  # Wall time of the run's earlier sessions.
+  # The run's time up to its last checkpoint: what the summary reports, now and on a rerun.
+  saved_seconds: float = 0.0
+  session_start: float = dataclasses.field(default_factory=time.perf_counter)
+
+  def to_json(self, steps_per_epoch: int, batch_size: int, learning_rate: float) -> dict:
+    """state.json. Its keys never change: checkpoints of earlier versions must restore."""
+    return {"step": self.step, "epoch": self.epoch, "batch": self.batch,
+            "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
+            "learning_rate": learning_rate, "schedule": self.schedule.state(),
+            "best_top1_error": self.best_top1_error, "history": self.history,
+            # Wall time of every session of the run: the closing summary's total.
+            "train_seconds": self.earlier_seconds + time.perf_counter() - self.session_start}
+
+  @classmethod
+  def from_json(cls, saved: dict, schedule) -> "TrainState":
+    """The state a checkpoint's state.json holds; restores `schedule` from it."""
+    schedule.restore(saved["schedule"])
+    seconds = float(saved.get("train_seconds", 0.0))
+    return cls(schedule, step=saved["step"], epoch=saved["epoch"], batch=saved["batch"],
+               best_top1_error=saved.get("best_top1_error"),
+               history=saved.get("history", []), earlier_seconds=seconds,
+               saved_seconds=seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What stays fixed while the loop runs: the settings, the strategy, the model and its
+  optimizer, where they are saved and where the summaries go."""
+  config: config_lib.Config
+  strategy: Any
+  model: keras.Model
+  optimizer: Any
+  checkpoint: tf.train.Checkpoint
+  store: workdir_lib.CheckpointStore
+  writers: summaries.Writers
+  stats: preprocessing.Statistics
+  steps_per_epoch: int
+  chief: bool
+
+  @property
+  def train(self) -> config_lib.TrainConfig:
+    return self.config.train
+
+
+# ---------------------------------------------------------------------------------------------
 # The steps.
+
+
+def make_optimizer(t: config_lib.TrainConfig, learning_rate: float):
+  """The paper's SGD with the run's momentum and weight decay; loss scaling under
+  mixed_float16 (bfloat16 needs none)."""
+  optimizer = optimizer_lib.PaperSGD(learning_rate, momentum=t.momentum,
+                                     weight_decay=t.weight_decay, decay_biases=t.decay_biases)
+  if t.precision == "mixed_float16":
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
 
 
 def _step_seed(seed, step, replica, stream):
@@ -303,16 +382,21 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
       workdir_lib.check_same_run(workdir, metadata)
     keras.mixed_precision.set_global_policy(t.precision)
     return _train(config, workdir, flags_text, strategy, tower_devices, model_config, metadata,
-                  stats, steps_per_epoch, has_validation)
+                  stats)
   finally:
     keras.mixed_precision.set_global_policy("float32")
     if lock is not None:
       lock.release()
 
 
-def _train(config, workdir, flags_text, strategy, tower_devices, model_config, metadata, stats,
-           steps_per_epoch, has_validation):
+def _train(config, workdir, flags_text, strategy, tower_devices, model_config, metadata, stats):
+  """The loop, in sections: the model and its workdir, the state, the input, then per epoch
+  the steps and the end of the epoch (validation, the schedule, a checkpoint)."""
   t = config.train
+  steps_per_epoch = metadata["train"]["steps_per_epoch"]
+  chief = strategy.extended.should_checkpoint
+
+  # The model and the optimizer, built under the strategy from the run's seed.
   if t.deterministic:
     tf.config.experimental.enable_op_determinism()
   keras.utils.set_random_seed(t.seed)   # The initial weights.
@@ -321,15 +405,12 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
     model = workdir_lib.build_model(
         dataclasses.replace(model_config, devices=tower_devices), tiny=t.tiny_model)
     frozen = finetune.freeze_before(model, t.trainable_from) if t.trainable_from else []
-    optimizer = optimizer_lib.PaperSGD(peak_lr, momentum=t.momentum,
-                                       weight_decay=t.weight_decay, decay_biases=t.decay_biases)
-    if t.precision == "mixed_float16":
-      optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer = make_optimizer(t, peak_lr)
     optimizer.build(model.trainable_variables)
   checkpoint = tf.train.Checkpoint(model=workdir_lib.checkpointed_variables(model),
                                    optimizer=optimizer)
 
-  chief = strategy.extended.should_checkpoint
+  # The workdir: fine-tuning's starting weights, then the run's files.
   store = workdir_lib.CheckpointStore(workdir, t.keep_checkpoints, chief,
                                       distribute.worker_id(strategy))
   if frozen:
@@ -348,190 +429,219 @@ def _train(config, workdir, flags_text, strategy, tower_devices, model_config, m
     files.write_text(os.path.join(workdir, workdir_lib.FLAGS_FILE), flags_text)
     workdir_lib.save_statistics(workdir, stats)
 
-  schedule = optimizer_lib.make_schedule(t.schedule, peak_lr)
-  state = store.restore(checkpoint) if t.resume else None
-  session_start = time.perf_counter()
-  if state:
-    schedule.restore(state["schedule"])
-    step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch"]
-    best_error, history = state.get("best_top1_error"), state.get("history", [])
-    earlier_seconds = float(state.get("train_seconds", 0.0))
-    if epoch >= t.epochs:
-      logging.info("%s holds a complete run: %d of --epochs=%d done (step %d); nothing to "
-                   "train. Raise --epochs to train on, or pass --resume=false to start afresh "
-                   "(the old checkpoints are moved aside).", workdir, epoch, t.epochs, step)
-    else:
-      logging.info("Resuming at step %d: epoch %d, batch %d of %d, learning rate %g.", step,
-                   epoch + 1, batch_in_epoch, steps_per_epoch, _learning_rate(optimizer))
-  else:
-    step = epoch = batch_in_epoch = 0
-    best_error, history = None, []
-    earlier_seconds = 0.0
-    optimizer.learning_rate = schedule.learning_rate(0)
-    logging.info("Starting afresh: %d epochs of %d steps, global batch %d on %d replica(s), "
-                 "learning rate %g.", t.epochs, steps_per_epoch, t.batch_size,
-                 strategy.num_replicas_in_sync, peak_lr)
+  # The loop's state: the newest checkpoint's, or fresh.
+  state = _restore_or_start(t, workdir, store, checkpoint, optimizer,
+                            optimizer_lib.make_schedule(t.schedule, peak_lr), steps_per_epoch,
+                            strategy.num_replicas_in_sync)
 
+  # The steps, and their input: one iterator for the rest of the run, one for validation.
   train_step = make_train_step(model, optimizer, strategy, stats, config.augment, t.batch_size,
                                t.seed, t.xla)
   distributed_eval = t.strategy != "multi_worker"
   eval_step = make_eval_step(model, strategy, stats, config.augment.mean, distributed_eval)
   writers = summaries.Writers(os.path.join(workdir, workdir_lib.TENSORBOARD_DIR),
-                             strategy.extended.should_save_summary)
-  per_replica = t.batch_size // strategy.num_replicas_in_sync
-
-  def state_dict():
-    return {"step": step, "epoch": epoch, "batch": batch_in_epoch,
-            "steps_per_epoch": steps_per_epoch, "batch_size": t.batch_size,
-            "learning_rate": _learning_rate(optimizer), "schedule": schedule.state(),
-            "best_top1_error": best_error, "history": history,
-            # Wall time of every session of the run: the closing summary's total.
-            "train_seconds": earlier_seconds + time.perf_counter() - session_start}
-
-  # The run's time up to its last checkpoint: what the summary reports, now and on a rerun.
-  saved_seconds = [earlier_seconds]
-
-  def save(best=None):
-    writers.flush()
-    # A checkpoint is a "last good" one only with finite weights: a step can overflow them
-    # before the loss shows it (the loss of step k is computed before step k's update).
-    bad = workdir_lib.nonfinite_variables(model)
-    if bad:
-      steps = store.steps()
-      raise NonFiniteLossError(
-          f"The weights are not finite after step {step} ({', '.join(bad[:5])}); not saved. "
-          "The last good checkpoint is "
-          + (f"{store.path(steps[-1])}." if steps else "none (none was saved yet).")
-          + " Lower --learning_rate or check the data.")
-    state = state_dict()
-    path = store.save(checkpoint, step, state, best)
-    saved_seconds[0] = state["train_seconds"]
-    if path:
-      logging.info("Saved %s.", path)
-
-  def dataset_fn(first_epoch, skip):
-    """The rest of the run as one dataset: epoch `first_epoch` from its batch `skip`, then
-    every later epoch, each cut at steps_per_epoch. So one iterator serves the whole run (an
-    iterator per epoch stalled epoch starts: see _chain_epochs)."""
-    def fn(context):
-      local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
-      epochs = []
-      for e in range(first_epoch, t.epochs):
-        done = skip if e == first_epoch else 0
-        ds = dataset_lib.create_split(config.data, True, per_replica, input_context=context,
-                                      epoch=e, skip_batches=done * local_replicas)
-        if context.num_input_pipelines > 1:
-          # Workers with fewer examples in their files wrap around rather than stall the others.
-          ds = ds.repeat()
-        # Each step takes one batch per local replica. The assertion fails the run, as running
-        # out of data did with an iterator per epoch, instead of starting the next epoch early.
-        batches = (steps_per_epoch - done) * local_replicas
-        epochs.append(ds.take(batches).apply(tf.data.experimental.assert_cardinality(batches)))
-      return _chain_epochs(epochs)
-    return fn
+                              strategy.extended.should_save_summary)
+  run = _Run(config, strategy, model, optimizer, checkpoint, store, writers, stats,
+             steps_per_epoch, chief)
+  signals = _SignalFlag()
 
   def stop_waiting(error):
     """While waiting for input: a signal, or no batch for --data_timeout. The model is at a
     step boundary: save, then stop."""
-    save()
+    _save(run, state)
     if isinstance(error, bounded_input.Interrupted):
-      raise Stopped(signals.signum, step)
-    raise bounded_input.InputTimeout(f"{error} Saved a checkpoint at step {step}; rerun the "
-                                     "same command to resume.")
+      raise Stopped(signals.signum, state.step)
+    raise bounded_input.InputTimeout(f"{error} Saved a checkpoint at step {state.step}; rerun "
+                                     "the same command to resume.")
 
-  last_val = history[-1]["validation"] if history else {}
+  has_validation = metadata["data"]["num_examples"].get("validation", 0) > 0
   val_batches = validation_batches(
       strategy, config.data, t.batch_size, t.eval_steps,
       metadata["data"]["num_examples"].get("validation", 0),
       distributed_eval) if has_validation else None
-  if epoch < t.epochs:
-    iterator = iter(strategy.distribute_datasets_from_function(
-        dataset_fn(epoch, batch_in_epoch)))
+  if state.epoch < t.epochs:
+    iterator = iter(strategy.distribute_datasets_from_function(_train_batches(
+        config.data, t.epochs, steps_per_epoch, t.batch_size // strategy.num_replicas_in_sync,
+        state.epoch, state.batch)))
     fetch = bounded_input.BoundedNext(iterator, t.data_timeout, _input_source(config.data),
                                       stop_waiting)
-  with _SignalFlag() as signals:
-    while epoch < t.epochs:
-      epoch_start = time.perf_counter()
-      progbar = (keras.utils.Progbar(steps_per_epoch, stateful_metrics=["img/s", "lr"])
-                 if chief and sys.stdout.isatty() else None)
-      window = np.zeros(4)   # loss sum, top-1 hits, top-5 hits, steps
-      window_start = time.perf_counter()
-      first_of_epoch, timed_steps = True, 0
-      while batch_in_epoch < steps_per_epoch:
-        images, labels = fetch(signals)
-        if first_of_epoch and t.summary_images and batch_in_epoch == 0:
-          summaries.augmented_inputs(writers, strategy, images, stats, config.augment,
-                                     _step_seed(t.seed, step, 0, _AUGMENT_STREAM), step)
-        out = train_step(images, labels, tf.constant(step, tf.int64),
-                         tf.constant(float(signals.signum > 0)))
-        loss_sum, top1, top5, stop = (x.numpy() for x in out)
-        loss = loss_sum / t.batch_size
-        if not np.isfinite(loss):
-          writers.flush()
-          steps = store.steps()
-          raise NonFiniteLossError(
-              f"The loss is {loss} at step {step + 1} (epoch {epoch + 1}, batch "
-              f"{batch_in_epoch + 1}); stopping without saving. The last good checkpoint is "
-              + (f"{store.path(steps[-1])}." if steps else "none (none was saved yet).")
-              + (f" Its weights are finite but are the ones that gave this loss; the one "
-                 f"before it is {store.path(steps[-2]) if len(steps) > 1 else 'none'}."
-                 if steps and steps[-1] == step else "")
-              + " Lower --learning_rate or check the data.")
-        step += 1
-        batch_in_epoch += 1
-        window += (loss_sum, top1, top5, 1)
-        if first_of_epoch:   # Pipeline start-up (and tracing) is not throughput.
-          window_start, timed_steps, first_of_epoch = time.perf_counter(), 0, False
-        else:
-          timed_steps += 1
-        if progbar:
-          progbar.update(batch_in_epoch, [("loss", loss), ("top1_err", 1 - top1 / t.batch_size),
-                                          ("lr", _learning_rate(optimizer))])
-        if step % t.log_every_steps == 0 or batch_in_epoch == steps_per_epoch:
-          _log_window(writers, window, timed_steps, window_start, step, epoch, batch_in_epoch,
-                      steps_per_epoch, t.batch_size, _learning_rate(optimizer), chief,
-                      steps_left=t.epochs * steps_per_epoch - step)
-          window, window_start, timed_steps = np.zeros(4), time.perf_counter(), 0
-        if stop:
-          save()
-          raise Stopped(signals.signum or signal.SIGTERM, step)
-        if step % t.checkpoint_every_steps == 0 and batch_in_epoch < steps_per_epoch:
-          save()
 
-      # End of the epoch: validation, the schedule, a checkpoint.
+  with signals:
+    while state.epoch < t.epochs:
+      epoch_start = time.perf_counter()
+      _train_epoch(run, state, train_step, fetch, signals)
+      # The end of the epoch: validation, the schedule, a checkpoint.
       validation_start = time.perf_counter()
-      val = {}
-      if has_validation:
-        val = evaluate_split(eval_step, strategy, config.data, t.batch_size, t.eval_steps,
-                             distributed_eval, val_batches, t.data_timeout, signals,
-                             stop_waiting)
-      improved = bool(val) and (best_error is None or val["top1_error"] < best_error)
-      if improved:
-        best_error = val["top1_error"]
-      lr = _learning_rate(optimizer)
-      # After the last epoch there is no epoch for a new rate: the schedule stays as it is.
-      if epoch + 1 < t.epochs and schedule.update(epoch, val.get("top1_error")):
-        logging.info("Validation error stopped improving: learning rate %g -> %g.", lr,
-                     schedule.learning_rate(epoch + 1))
-      history.append({"epoch": epoch + 1, "step": step, "learning_rate": lr, "validation": val})
-      summaries.epoch_end(writers, model, val, step, t.summary_images)
-      now = time.perf_counter()
-      logging.info("Epoch %d/%d done at step %d in %s (validation %.1f s): validation %s.",
-                   epoch + 1, t.epochs, step, _duration(now - epoch_start),
-                   now - validation_start,
-                   ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                            for k, v in val.items()) or "skipped")
-      epoch += 1
-      batch_in_epoch = 0
-      optimizer.learning_rate = schedule.learning_rate(epoch)
-      last_val = val
-      save(best={"top1_error": best_error, "epoch": epoch} if improved else None)
+      val = (evaluate_split(eval_step, strategy, config.data, t.batch_size, t.eval_steps,
+                            distributed_eval, val_batches, t.data_timeout, signals,
+                            stop_waiting) if has_validation else {})
+      _end_epoch(run, state, val, epoch_start, validation_start)
       if signals.signum:
-        raise Stopped(signals.signum, step)
+        raise Stopped(signals.signum, state.step)
   writers.flush()
   if chief:
-    _log_summary(history, store, epoch, step, saved_seconds[0])
-  return {"step": step, "epoch": epoch, "validation": last_val, "best_top1_error": best_error}
+    _log_summary(state.history, store, state.epoch, state.step, state.saved_seconds)
+  return {"step": state.step, "epoch": state.epoch,
+          "validation": state.history[-1]["validation"] if state.history else {},
+          "best_top1_error": state.best_top1_error}
+
+
+def _train_epoch(run: _Run, state: TrainState, train_step, fetch, signals) -> None:
+  """The rest of the current epoch's steps: a log line (and TensorBoard scalars) every
+  --log_every_steps, a checkpoint every --checkpoint_every_steps; on a signal (any worker's)
+  a checkpoint, then Stopped."""
+  t, config, optimizer = run.train, run.config, run.optimizer
+  progbar = (keras.utils.Progbar(run.steps_per_epoch, stateful_metrics=["img/s", "lr"])
+             if run.chief and sys.stdout.isatty() else None)
+  window = np.zeros(4)   # loss sum, top-1 hits, top-5 hits, steps
+  window_start = time.perf_counter()
+  first_of_epoch, timed_steps = True, 0
+  while state.batch < run.steps_per_epoch:
+    images, labels = fetch(signals)
+    if first_of_epoch and t.summary_images and state.batch == 0:
+      summaries.augmented_inputs(run.writers, run.strategy, images, run.stats, config.augment,
+                                 _step_seed(t.seed, state.step, 0, _AUGMENT_STREAM),
+                                 state.step)
+    out = train_step(images, labels, tf.constant(state.step, tf.int64),
+                     tf.constant(float(signals.signum > 0)))
+    loss_sum, top1, top5, stop = (x.numpy() for x in out)
+    loss = loss_sum / t.batch_size
+    if not np.isfinite(loss):
+      raise _nonfinite_loss(run, state, loss)
+    state.step += 1
+    state.batch += 1
+    window += (loss_sum, top1, top5, 1)
+    if first_of_epoch:   # Pipeline start-up (and tracing) is not throughput.
+      window_start, timed_steps, first_of_epoch = time.perf_counter(), 0, False
+    else:
+      timed_steps += 1
+    if progbar:
+      progbar.update(state.batch, [("loss", loss), ("top1_err", 1 - top1 / t.batch_size),
+                                   ("lr", _learning_rate(optimizer))])
+    if state.step % t.log_every_steps == 0 or state.batch == run.steps_per_epoch:
+      _log_window(run.writers, window, timed_steps, window_start, state.step, state.epoch,
+                  state.batch, run.steps_per_epoch, t.batch_size, _learning_rate(optimizer),
+                  run.chief, steps_left=t.epochs * run.steps_per_epoch - state.step)
+      window, window_start, timed_steps = np.zeros(4), time.perf_counter(), 0
+    if stop:
+      _save(run, state)
+      raise Stopped(signals.signum or signal.SIGTERM, state.step)
+    if state.step % t.checkpoint_every_steps == 0 and state.batch < run.steps_per_epoch:
+      _save(run, state)
+
+
+def _end_epoch(run: _Run, state: TrainState, val: dict, epoch_start: float,
+               validation_start: float) -> None:
+  """After the epoch's steps and its validation `val`: the best error, the schedule, the
+  history, the summaries and the log line, then the next epoch's rate and a checkpoint."""
+  t, optimizer, schedule = run.train, run.optimizer, state.schedule
+  improved = bool(val) and (state.best_top1_error is None
+                            or val["top1_error"] < state.best_top1_error)
+  if improved:
+    state.best_top1_error = val["top1_error"]
+  lr = _learning_rate(optimizer)
+  # After the last epoch there is no epoch for a new rate: the schedule stays as it is.
+  if state.epoch + 1 < t.epochs and schedule.update(state.epoch, val.get("top1_error")):
+    logging.info("Validation error stopped improving: learning rate %g -> %g.", lr,
+                 schedule.learning_rate(state.epoch + 1))
+  state.history.append({"epoch": state.epoch + 1, "step": state.step, "learning_rate": lr,
+                        "validation": val})
+  summaries.epoch_end(run.writers, run.model, val, state.step, t.summary_images)
+  now = time.perf_counter()
+  logging.info("Epoch %d/%d done at step %d in %s (validation %.1f s): validation %s.",
+               state.epoch + 1, t.epochs, state.step, _duration(now - epoch_start),
+               now - validation_start,
+               ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in val.items()) or "skipped")
+  state.epoch += 1
+  state.batch = 0
+  optimizer.learning_rate = schedule.learning_rate(state.epoch)
+  _save(run, state,
+        best={"top1_error": state.best_top1_error, "epoch": state.epoch} if improved else None)
+
+
+def _last_good(store) -> str:
+  steps = store.steps()
+  return f"{store.path(steps[-1])}." if steps else "none (none was saved yet)."
+
+
+def _save(run: _Run, state: TrainState, best: Optional[dict] = None) -> None:
+  """A checkpoint of the weights, the optimizer and `state`; `best` marks it the best so far."""
+  run.writers.flush()
+  # A checkpoint is a "last good" one only with finite weights: a step can overflow them
+  # before the loss shows it (the loss of step k is computed before step k's update).
+  bad = workdir_lib.nonfinite_variables(run.model)
+  if bad:
+    raise NonFiniteLossError(
+        f"The weights are not finite after step {state.step} ({', '.join(bad[:5])}); not "
+        "saved. The last good checkpoint is " + _last_good(run.store)
+        + " Lower --learning_rate or check the data.")
+  saved = state.to_json(run.steps_per_epoch, run.train.batch_size,
+                        _learning_rate(run.optimizer))
+  path = run.store.save(run.checkpoint, state.step, saved, best)
+  state.saved_seconds = saved["train_seconds"]
+  if path:
+    logging.info("Saved %s.", path)
+
+
+def _restore_or_start(t, workdir, store, checkpoint, optimizer, schedule, steps_per_epoch,
+                      replicas) -> TrainState:
+  """The state of the newest checkpoint that loads (--resume), else a fresh one."""
+  saved = store.restore(checkpoint) if t.resume else None
+  if saved:
+    state = TrainState.from_json(saved, schedule)
+    if state.epoch >= t.epochs:
+      logging.info("%s holds a complete run: %d of --epochs=%d done (step %d); nothing to "
+                   "train. Raise --epochs to train on, or pass --resume=false to start afresh "
+                   "(the old checkpoints are moved aside).", workdir, state.epoch, t.epochs,
+                   state.step)
+    else:
+      logging.info("Resuming at step %d: epoch %d, batch %d of %d, learning rate %g.",
+                   state.step, state.epoch + 1, state.batch, steps_per_epoch,
+                   _learning_rate(optimizer))
+    return state
+  state = TrainState(schedule)
+  optimizer.learning_rate = schedule.learning_rate(0)
+  logging.info("Starting afresh: %d epochs of %d steps, global batch %d on %d replica(s), "
+               "learning rate %g.", t.epochs, steps_per_epoch, t.batch_size, replicas,
+               t.peak_learning_rate())
+  return state
+
+
+def _train_batches(data, epochs, steps_per_epoch, per_replica, first_epoch, skip):
+  """The rest of the run as one dataset function: epoch `first_epoch` from its batch `skip`,
+  then every later epoch, each cut at steps_per_epoch. So one iterator serves the whole run
+  (an iterator per epoch stalled epoch starts: see _chain_epochs)."""
+  def fn(context):
+    local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+    parts = []
+    for e in range(first_epoch, epochs):
+      done = skip if e == first_epoch else 0
+      ds = dataset_lib.create_split(data, True, per_replica, input_context=context,
+                                    epoch=e, skip_batches=done * local_replicas)
+      if context.num_input_pipelines > 1:
+        # Workers with fewer examples in their files wrap around rather than stall the others.
+        ds = ds.repeat()
+      # Each step takes one batch per local replica. The assertion fails the run, as running
+      # out of data did with an iterator per epoch, instead of starting the next epoch early.
+      batches = (steps_per_epoch - done) * local_replicas
+      parts.append(ds.take(batches).apply(tf.data.experimental.assert_cardinality(batches)))
+    return _chain_epochs(parts)
+  return fn
+
+
+def _nonfinite_loss(run: _Run, state: TrainState, loss) -> NonFiniteLossError:
+  """The error for a NaN/Inf loss of the coming step; nothing is saved."""
+  run.writers.flush()
+  store, steps = run.store, run.store.steps()
+  return NonFiniteLossError(
+      f"The loss is {loss} at step {state.step + 1} (epoch {state.epoch + 1}, batch "
+      f"{state.batch + 1}); stopping without saving. The last good checkpoint is "
+      + _last_good(store)
+      + (f" Its weights are finite but are the ones that gave this loss; the one "
+         f"before it is {store.path(steps[-2]) if len(steps) > 1 else 'none'}."
+         if steps and steps[-1] == state.step else "")
+      + " Lower --learning_rate or check the data.")
 
 
 def _duration(seconds: float) -> str:
