@@ -1,8 +1,8 @@
 """Devices and strategies: the one device-name parser (the model's tower placement and the
 trainer's --devices check share it), and the choice of tf.distribute strategy for --strategy.
 
-Imports TensorFlow only: the model imports this module, so it may import no project module
-(the strategy names live here, and config.py's flags read them)."""
+Imports TensorFlow and keras_alexnet.errors only: the model imports this module, so it may
+import no later stage (the strategy names live here, and config.py's flags read them)."""
 
 import dataclasses
 import json
@@ -11,6 +11,8 @@ from typing import Sequence
 
 from absl import logging
 import tensorflow as tf
+
+from keras_alexnet import errors
 
 # --strategy's values; auto picks one of the others for the devices found (auto_strategy).
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "two_tower")
@@ -113,8 +115,8 @@ def make_strategy(train, paper_net: bool = True):
     try:
       json.loads(tf_config)["cluster"]
     except (ValueError, KeyError, TypeError):
-      raise ValueError(f"TF_CONFIG must be JSON with a 'cluster' and a 'task'; received "
-                       f"{tf_config!r}.") from None
+      raise errors.invalid("TF_CONFIG", tf_config,
+                           "JSON with a 'cluster' and a 'task'") from None
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=train.collective_timeout or None)
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options), None
@@ -123,7 +125,7 @@ def make_strategy(train, paper_net: bool = True):
     check_devices(devices)
   if train.strategy == "one_device":
     if len(devices) > 1:
-      raise ValueError(f"--strategy=one_device takes at most one device; received {devices}.")
+      raise errors.invalid("--devices", devices, "at most one device with --strategy=one_device")
     device = devices[0] if devices else (gpus[0] if gpus else "/cpu:0")
     return tf.distribute.OneDeviceStrategy(device), None
   if train.strategy == "mirrored":
@@ -145,8 +147,7 @@ def make_strategy(train, paper_net: bool = True):
           f"{sorted(d.name for d in tf.config.list_logical_devices())}. Use a machine with two "
           "GPUs, name two with --devices, or split the CPU with --num_cpu_devices=2.")
     return tf.distribute.OneDeviceStrategy(devices[0]), tuple(devices[:2])
-  raise ValueError(f"--strategy must be one of {STRATEGIES}; received "
-                   f"{train.strategy!r}.")
+  raise errors.invalid("--strategy", train.strategy, f"one of {STRATEGIES}")
 
 
 def worker_id(strategy) -> int:

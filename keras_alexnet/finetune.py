@@ -4,13 +4,14 @@ frozen before --trainable_from.
 
 Its own module because it reads another run's workdir into the model of this one: the
 workdir module only describes and loads one run, the trainer only runs the loop. Imports the
-workdir module (load_model, the run metadata) and Keras.
+workdir module (load_model, the run metadata), errors and Keras.
 """
 
 import dataclasses
 
 import keras
 
+from keras_alexnet import errors
 from keras_alexnet import workdir as workdir_lib
 
 
@@ -84,8 +85,8 @@ def freeze_before(model: keras.Model, trainable_from: str) -> list:
     if layer.weights and layer.name.split("_")[0] not in groups:
       groups.append(layer.name.split("_")[0])
   if trainable_from not in groups:
-    raise ValueError(f"--trainable_from must be one of this model's layers {groups}; received "
-                     f"{trainable_from!r}.")
+    raise errors.invalid("--trainable_from", trainable_from,
+                         f"one of this model's layers {groups}")
   frozen_groups = groups[:groups.index(trainable_from)]
   frozen = [layer for layer in model.layers if layer.name.split("_")[0] in frozen_groups]
   for layer in frozen:

@@ -678,9 +678,9 @@ def _chain_epochs(epochs):
   thread (model::Model::OptimizeLoop), which sleeps between optimizations for a period that
   doubles up to 60 s. In TF 2.21 the cancellation can lose that thread's wake-up:
   CancellationManager::StartCancel runs the callback that wakes it before it sets
-  is_cancelled_, and a thread that wakes in between sleeps out its period. Deleting each
-  epoch's iterator so stalled half the demo's epoch starts by 14-40 s, at 0% CPU (measured:
-  BUILD_NOTES.md, "One training iterator for the whole run").
+  is_cancelled_, and a thread that wakes in between sleeps out its period, idle. Deleting
+  each epoch's iterator so stalled half the demo's epoch starts (the figures: BUILD_NOTES.md,
+  "One training iterator for the whole run").
   """
   if len(epochs) == 1:
     return epochs[0]

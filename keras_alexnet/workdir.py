@@ -19,7 +19,7 @@ load (a disk error, a copy cut short), the next older one is used, with a warnin
 restarts from step 0 while the workdir holds checkpoints.
 
 Imports the model (and the test-only tiny net of keras_alexnet.testing), the preprocessing's
-Statistics and keras_alexnet.files; never the trainer.
+Statistics, keras_alexnet.files and errors; never the trainer.
 """
 
 import dataclasses
@@ -37,6 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet import errors
 from keras_alexnet import files
 from keras_alexnet import model as model_lib
 from keras_alexnet import preprocessing
@@ -375,7 +376,7 @@ def resolve(path: str, which: str):
       else:
         step = int(best["step"])
     elif which != "latest":
-      raise ValueError(f"which must be 'best' or 'latest'; received {which!r}.")
+      raise errors.invalid("which", which, "'best' or 'latest'")
     return path, store.prefix(step)
   if os.path.isdir(path) and os.path.exists(os.path.join(path, PREFIX + ".index")):
     path = os.path.join(path, PREFIX)
