@@ -211,3 +211,32 @@ def test_mixed_precision_and_xla_steps(precision, xla):
   assert kernel.dtype == "float32" and not np.array_equal(kernel.numpy(), before)
   if precision == "mixed_float16":
     assert float(opt.dynamic_scale.numpy()) > 1
+
+
+def test_train_state_round_trips_through_state_json_and_reads_older_ones():
+  schedule = optimizer_lib.make_schedule(optimizer_lib.ScheduleConfig(kind="plateau"), 0.01)
+  schedule.update(0, 0.5)
+  schedule.update(1, 0.6)   # One epoch without improvement.
+  state = training.TrainState(schedule, step=12, epoch=2, batch=3, best_top1_error=0.5,
+                              history=[{"epoch": 1}, {"epoch": 2}], earlier_seconds=7.0)
+  saved = json.loads(json.dumps(state.to_json(steps_per_epoch=5, batch_size=8,
+                                              learning_rate=0.01)))
+  assert sorted(saved) == ["batch", "batch_size", "best_top1_error", "epoch", "history",
+                           "learning_rate", "schedule", "step", "steps_per_epoch",
+                           "train_seconds"]
+  assert saved["train_seconds"] >= 7.0
+  fresh = optimizer_lib.make_schedule(optimizer_lib.ScheduleConfig(kind="plateau"), 0.01)
+  restored = training.TrainState.from_json(saved, fresh)
+  assert (restored.step, restored.epoch, restored.batch) == (12, 2, 3)
+  assert restored.best_top1_error == 0.5 and restored.history == state.history
+  assert restored.saved_seconds == restored.earlier_seconds == saved["train_seconds"]
+  assert fresh.state() == schedule.state()
+  # A state.json of the first releases had neither history nor train_seconds.
+  old = {k: v for k, v in saved.items() if k not in ("history", "train_seconds")}
+  restored = training.TrainState.from_json(old, optimizer_lib.make_schedule(
+      optimizer_lib.ScheduleConfig(kind="plateau"), 0.01))
+  assert restored.history == [] and restored.saved_seconds == 0.0 and restored.step == 12
+  # Another schedule kind than the run's is refused, not silently mixed.
+  with pytest.raises(ValueError, match="another --lr_schedule"):
+    training.TrainState.from_json(saved, optimizer_lib.make_schedule(
+        optimizer_lib.ScheduleConfig(kind="step"), 0.01))
