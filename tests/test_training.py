@@ -74,7 +74,7 @@ def test_smoke_run_learns_and_leaves_checkpoints_and_events(data_dir, tmp_path):
 
 def test_initial_model_rebuilds_the_weights_a_run_started_from(data_dir, tmp_path):
   """What the demo's conv1_learned.png subtracts: a run whose steps barely move the weights
-  (rate 1e-12) ends where workdir_lib.initial_model says it started."""
+  (rate 1e-12) ends where workdir.initial_model says it started."""
   workdir = str(tmp_path / "run")
   training.train_and_evaluate(_config(data_dir, learning_rate=1e-12, seed=3), workdir)
   trained, _ = workdir_lib.load_model(workdir, "latest")
