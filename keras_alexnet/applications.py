@@ -63,12 +63,12 @@ def _min_size(config: model_lib.ModelConfig) -> int:
 
 def _weights_source(weights):
   """(model with the weights, its ModelConfig, its flavour) of a workdir or checkpoint."""
-  from keras_alexnet import checkpointing  # pylint: disable=g-import-not-at-top
-  source, metadata = checkpointing.load_model(weights)
+  from keras_alexnet import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  source, metadata = workdir_lib.load_model(weights)
   if metadata.get("tiny_model"):
     raise ValueError(f"weights={weights} holds the test-only tiny model, not an AlexNet.")
   flavour = metadata.get("converted_from", {}).get("flavour", "paper")
-  return source, checkpointing.model_config_from_json(metadata["model_config"]), flavour
+  return source, workdir_lib.model_config_from_json(metadata["model_config"]), flavour
 
 
 def AlexNet(include_top=True, weights=None, input_tensor=None, input_shape=None,  # pylint: disable=invalid-name

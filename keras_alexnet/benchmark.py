@@ -27,7 +27,6 @@ import tensorflow as tf
 from keras_alexnet import bench
 from keras_alexnet import cpu_kernels
 from keras_alexnet import model as model_lib
-from keras_alexnet import optimizer as optimizer_lib
 
 MATMUL_SIZE = 2048  # Large enough for the BLAS kernel to run at its peak on a CPU core.
 TRAIN_FLOPS_FACTOR = 3  # Backward costs about twice the forward (input and weight grads).
@@ -63,41 +62,52 @@ class StepRate:
 def train_step_rate(batch_size: int, precision: str = "float32", xla: bool = False,
                     steps: int = 5, num_classes: int = model_lib.NUM_CLASSES,
                     bound: Callable[[], float] = matmul_gflops) -> StepRate:
-  """The paper net's training step: forward, backward and the SGD-with-momentum update, on
-  random mean-subtracted 224x224 inputs.
+  """The paper net's training step as the trainer runs it (training.make_train_step: the
+  augmentation on the device, forward, backward and the paper's update; XLA as --xla compiles
+  it), on random uint8 256x256 batches such as the input pipeline yields, on one device.
 
   Each timed step follows a measurement of `bound` (the float32 matmul rate), and the ratio is
-  the median of the per-pair ratios: on a shared machine the bound itself moved by 2x within
-  a minute here, and a ratio to one bound taken at the start then measures the neighbours.
+  the median of the per-pair ratios: on a shared machine the bound itself moves within a
+  minute, and a ratio to one bound taken at the start then measures the neighbours.
   """
+  from keras_alexnet import config as config_lib  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import dataset_info  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import decoding  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import preprocessing  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import training  # pylint: disable=g-import-not-at-top
   previous = keras.config.dtype_policy()
   keras.config.set_dtype_policy("float32" if precision == "float32" else precision)
   try:
-    net = model_lib.alexnet(num_classes=num_classes)
-    # The paper's update (momentum and weight decay inside it); a small rate keeps random
-    # inputs from diverging over the timed steps.
-    optimizer = optimizer_lib.PaperSGD(learning_rate=1e-4)
-    images = tf.random.normal((batch_size, 224, 224, 3))
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0" if not tf.config.list_logical_devices(
+        "GPU") else "/gpu:0")
+    with strategy.scope():
+      net = model_lib.alexnet(num_classes=num_classes)
+      # The trainer's optimizer (and loss scaling under mixed_float16); a small rate keeps
+      # random inputs from diverging over the timed steps.
+      optimizer = training.make_optimizer(config_lib.TrainConfig(precision=precision), 1e-4)
+      optimizer.build(net.trainable_variables)
+    size = decoding.STORED_SIZE
+    images = tf.random.uniform((batch_size, size, size, 3), 0, 256, dtype=tf.int32)
+    images = tf.cast(images, tf.uint8)
     labels = tf.random.uniform((batch_size,), 0, num_classes, dtype=tf.int32)
+    train_step = training.make_train_step(net, optimizer, strategy,
+                                          dataset_info.imagenet_statistics(),
+                                          preprocessing.AugmentConfig(), batch_size, seed=0,
+                                          xla=xla)
+    no_stop = tf.constant(0.0)
+    count = iter(range(1 << 30))
 
-    # Mixed precision: the loss is computed in float32 from float32-cast logits; bf16 needs
-    # no loss scaling. XLA: the whole step compiled (LRN stays float32, see model.py).
-    @tf.function(jit_compile=xla)
     def step():
-      with tf.GradientTape() as tape:
-        logits = tf.cast(net(images, training=True), tf.float32)
-        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-      grads = tape.gradient(loss, net.trainable_variables)
-      optimizer.apply_gradients(zip(grads, net.trainable_variables))
-      return loss
+      out = train_step(images, labels, tf.constant(next(count), tf.int64), no_stop)
+      return [x.numpy() for x in out]
 
     flops = TRAIN_FLOPS_FACTOR * model_lib.flops_per_image(net) * batch_size
     bounds, seconds = [], []
     for _ in range(2):   # warm-up: tracing, oneDNN's kernel selection, the slots
-      step().numpy()
+      step()
     for _ in range(steps):
       bounds.append(bound())
-      seconds.append(bench.median_seconds(lambda: step().numpy(), 1, warmup=0))
+      seconds.append(bench.median_seconds(step, 1, warmup=0))
   finally:
     keras.config.set_dtype_policy(previous)
   ratios = [flops / s / 1e9 / b for s, b in zip(seconds, bounds)]

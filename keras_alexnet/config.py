@@ -17,12 +17,12 @@ from typing import Any, NamedTuple, Optional, Tuple
 from absl import flags
 
 from keras_alexnet import data_sources
+from keras_alexnet import distribute
 from keras_alexnet import errors
 from keras_alexnet import model as model_lib
 from keras_alexnet import optimizer as optimizer_lib
 from keras_alexnet import preprocessing
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "two_tower")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 LR_SCHEDULES = ("plateau", "step")
 LR_SCALINGS = ("linear", "none")
@@ -59,7 +59,7 @@ class TrainConfig:
   log_every_steps: int = 100
   summary_images: bool = True
   collective_timeout: float = 0.0       # Seconds; 0: TF's default (multi_worker only).
-  tiny_model: bool = False              # Tests only: see checkpointing.build_model.
+  tiny_model: bool = False              # Tests only: see workdir.build_model.
   init_checkpoint: Optional[str] = None  # Fine-tuning: weights of a workdir or checkpoint.
   trainable_from: Optional[str] = None  # Layers before this one are frozen; None: none.
   # Seconds the trainer waits for one batch (e.g. from tf.data service workers that died)
@@ -100,8 +100,8 @@ def check_train_config(config: Config) -> None:
 
   def bad(what, got, allowed):
     raise errors.invalid(f"--{what}", got, allowed)
-  if t.strategy not in STRATEGIES:
-    bad("strategy", t.strategy, f"one of {STRATEGIES}")
+  if t.strategy not in distribute.STRATEGIES:
+    bad("strategy", t.strategy, f"one of {distribute.STRATEGIES}")
   if t.precision not in PRECISIONS:
     bad("precision", t.precision, f"one of {PRECISIONS}")
   if t.lr_scaling not in LR_SCALINGS:
@@ -261,7 +261,7 @@ TRAIN_FLAGS = (
     Flag("strategy", "train.strategy", HARDWARE, "auto (two_tower on exactly two GPUs, "
          "mirrored on more, else one_device; never multi_worker) | one_device | mirrored "
          "(local GPUs or --devices) | multi_worker (TF_CONFIG) | two_tower (the paper's split "
-         "of the towers over two devices).", choices=STRATEGIES, default="auto"),
+         "of the towers over two devices).", choices=distribute.STRATEGIES, default="auto"),
     Flag("devices", "train.devices", HARDWARE, "Devices for the strategy, e.g. /gpu:0,/gpu:1; "
          "default: the local GPUs, or the CPU."),
     Flag("num_cpu_devices", "", HARDWARE, "Split the CPU into this many logical devices first "

@@ -716,24 +716,24 @@ def convert(input_path: str, workdir: str, format: str = "auto",  # pylint: disa
   sha1 = _sha1(input_path)
   note = _provenance(fmt, flavour, input_path, sha1)
 
-  from keras_alexnet import checkpointing  # pylint: disable=g-import-not-at-top
   from keras_alexnet import data as data_lib  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   config = flavour_config(flavour, details.get("input_size"))
   if "ceil" in details:
     config = dataclasses.replace(config, ceil_pooling=details["ceil"])
-  model = checkpointing.build_model(config)
+  model = workdir_lib.build_model(config)
   for name, arrays in keras_weights(flavour, found).items():
     model.get_layer(name).set_weights(arrays)
   stats = flavour_statistics(flavour, mean_image, mean_file or "")
   metadata = {
-      "model_config": checkpointing.model_config_to_json(config),
+      "model_config": workdir_lib.model_config_to_json(config),
       "tiny_model": False,
       "num_classes": 1000,
       "classes": [list(c) for c in data_lib.ilsvrc2012_classes()],
       "data_dir": None,
       "data": {"format": None, "num_examples": {}, "label_offset": 0},
-      "statistics": checkpointing.STATISTICS_FILE,
+      "statistics": workdir_lib.STATISTICS_FILE,
       "statistics_source": stats.source,
       "augment": {"mean": "per_pixel" if mean_image is not None else "per_channel"},
       "converted_from": {"input": os.path.abspath(input_path), "format": fmt,
@@ -743,11 +743,11 @@ def convert(input_path: str, workdir: str, format: str = "auto",  # pylint: disa
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".tmp-convert-{os.path.basename(workdir)}-", dir=parent)
   try:
-    files.write_json(os.path.join(tmp, checkpointing.CONFIG_FILE), metadata)
-    checkpointing.save_statistics(tmp, stats)
-    checkpoint = tf.train.Checkpoint(model=checkpointing.checkpointed_variables(model))
+    files.write_json(os.path.join(tmp, workdir_lib.CONFIG_FILE), metadata)
+    workdir_lib.save_statistics(tmp, stats)
+    checkpoint = tf.train.Checkpoint(model=workdir_lib.checkpointed_variables(model))
     # best.json names the one checkpoint, so loaders need not warn about "no validation yet".
-    checkpointing.CheckpointStore(tmp).save(
+    workdir_lib.CheckpointStore(tmp).save(
         checkpoint, 0, {"step": 0, "converted_from": metadata["converted_from"]},
         best={"converted_from": fmt})
     _move_into_place(tmp, workdir, overwrite)

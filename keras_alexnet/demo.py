@@ -168,8 +168,8 @@ def _paths(work_dir: str) -> dict:
 
 
 def _best_checkpoint(train_dir: str) -> str:
-  from keras_alexnet import checkpointing   # pylint: disable=g-import-not-at-top
-  return checkpointing._resolve(train_dir, "best")[1]   # pylint: disable=protected-access
+  from keras_alexnet import workdir as workdir_lib   # pylint: disable=g-import-not-at-top
+  return workdir_lib.checkpoint_prefix(train_dir, "best")
 
 
 def _read_json(path: str) -> Optional[dict]:
@@ -194,10 +194,10 @@ def _exported_checkpoint(export_dir: str) -> Optional[tuple]:
 def write_kernels_png(train_dir: str, path: str, learned_path: str) -> str:
   """conv1's kernels of the best checkpoint as a PNG in the layout of the paper's Figure 3
   (path), and the same for their change since initialization (learned_path)."""
-  from keras_alexnet import checkpointing   # pylint: disable=g-import-not-at-top
-  model, metadata = checkpointing.load_model(train_dir, "best")
+  from keras_alexnet import workdir as workdir_lib   # pylint: disable=g-import-not-at-top
+  model, metadata = workdir_lib.load_model(train_dir, "best")
   kernels = np.asarray(model.get_layer("conv1").kernel)
-  initial = np.asarray(checkpointing.initial_model(train_dir).get_layer("conv1").kernel)
+  initial = np.asarray(workdir_lib.initial_model(train_dir).get_layer("conv1").kernel)
   _write_grid_png(kernels, path)
   _write_grid_png(kernels - initial, learned_path)
   return metadata["checkpoint"]
@@ -205,8 +205,8 @@ def write_kernels_png(train_dir: str, path: str, learned_path: str) -> str:
 
 def _write_grid_png(kernels, path: str) -> None:
   from PIL import Image   # pylint: disable=g-import-not-at-top
-  from keras_alexnet import training   # pylint: disable=g-import-not-at-top
-  grid = training.kernel_grid(kernels, columns=KERNEL_COLUMNS)[0]
+  from keras_alexnet import summaries   # pylint: disable=g-import-not-at-top
+  grid = summaries.kernel_grid(kernels, columns=KERNEL_COLUMNS)[0]
   image = Image.fromarray(np.clip(np.rint(grid * 255), 0, 255).astype(np.uint8), "RGB")
   png = io.BytesIO()
   image.save(png, "PNG")

@@ -109,15 +109,15 @@ def _predictor(model, stats, mean, views):
 
 def evaluate(config: config_lib.EvalConfig) -> dict:
   """Evaluates the models config names; returns the results (also written as JSON)."""
-  from keras_alexnet import checkpointing   # pylint: disable=g-import-not-at-top
   from keras_alexnet import data_sources   # pylint: disable=g-import-not-at-top
   from keras_alexnet import dataset as dataset_lib   # pylint: disable=g-import-not-at-top
+  from keras_alexnet import workdir as workdir_lib   # pylint: disable=g-import-not-at-top
 
   paths = list(config.workdirs) or [config.checkpoint]
   members = []
   for path in paths:
-    model, metadata = checkpointing.load_model(path, config.which)
-    stats = checkpointing.load_statistics(metadata["workdir"])
+    model, metadata = workdir_lib.load_model(path, config.which)
+    stats = workdir_lib.load_statistics(metadata["workdir"])
     members.append(dict(model=model, metadata=metadata, name=path,
                         mean=metadata.get("augment", {}).get("mean", "per_pixel"),
                         stats=stats))

@@ -84,7 +84,7 @@ def export_saved_model(model: keras.Model, metadata: Dict[str, Any],
 
   Args:
     model: float32 [N, 224, 224, 3] mean-subtracted crops -> logits or softmax [N, C].
-    metadata: the run's metadata (checkpointing.load_model); "classes" (a list of
+    metadata: the run's metadata (workdir_lib.load_model); "classes" (a list of
       [wnid, text], or None: the class indices then stand in for wnids and names) is used.
     stats: the training-set statistics the model was trained with (the mean to subtract).
     export_base: the folder of versions TF Serving is pointed at; created if missing.
@@ -549,10 +549,10 @@ class ExportConfig:
 def export_from_workdir(config: ExportConfig) -> str:
   """Exports the workdir's checkpoint with the statistics and mean its training used (the
   same ones `evaluate` takes from the workdir)."""
-  from keras_alexnet import checkpointing  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   _check_version_free(config.export_dir, config.version, config.overwrite)
-  model, metadata = checkpointing.load_model(config.workdir, which=config.which)
-  stats = checkpointing.load_statistics(metadata["workdir"])
+  model, metadata = workdir_lib.load_model(config.workdir, which=config.which)
+  stats = workdir_lib.load_statistics(metadata["workdir"])
   mean = metadata.get("augment", {}).get("mean", "per_pixel")
   return export_saved_model(model, metadata, stats, config.export_dir,
                             version=config.version, ten_views=config.ten_views,

@@ -138,7 +138,7 @@ class ExtractConfig:
 def extract(config: ExtractConfig) -> dict:
   """Loads the run, extracts, writes config.output atomically; returns what extract_files
   returned plus "output"."""
-  from keras_alexnet import checkpointing  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from keras_alexnet import predict  # pylint: disable=g-import-not-at-top
   if not config.paths:
     raise ValueError("name the images: python -m keras_alexnet.extract --workdir=DIR "
@@ -148,9 +148,9 @@ def extract(config: ExtractConfig) -> dict:
   if os.path.exists(config.output) and not config.overwrite:
     raise ValueError(f"--output={config.output} exists; pass --overwrite to replace it, or "
                      "name another file.")
-  model, metadata = checkpointing.load_model(config.workdir, config.which)
+  model, metadata = workdir_lib.load_model(config.workdir, config.which)
   features_model = layer_model(model, config.layer)   # a bad --layer fails before any work
-  stats = checkpointing.load_statistics(metadata["workdir"])
+  stats = workdir_lib.load_statistics(metadata["workdir"])
   mean = metadata.get("augment", {}).get("mean", "per_pixel")
   result = extract_files(features_model, stats, mean, predict.image_files(config.paths),
                          config.batch_size, config.progress)

@@ -12,15 +12,19 @@ after step k (bit for bit with --deterministic).
 
 After each epoch: validation error (centre crop), the learning-rate schedule, a checkpoint
 (kept as "best" when the validation error is the lowest so far), TensorBoard summaries.
+
+Where the run stands (step, epoch, best error, the schedule's state) is one TrainState, saved
+into and restored from each checkpoint's state.json in one place. This module is the loop and
+its steps only: the strategy comes from distribute, the workdir and its checkpoint store from
+workdir (the lock from workdir_lock), fine-tuning from finetune, TensorBoard from summaries.
 """
 
 import dataclasses
-import json
-import math
 import os
 import signal
 import sys
 import time
+from typing import Any, Optional
 
 from absl import logging
 import keras
@@ -28,22 +32,22 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import bounded_input
-from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
 from keras_alexnet import data_sources
 from keras_alexnet import dataset as dataset_lib
 from keras_alexnet import dataset_info
 from keras_alexnet import distribute
 from keras_alexnet import files
+from keras_alexnet import finetune
 from keras_alexnet import optimizer as optimizer_lib
 from keras_alexnet import preprocessing
+from keras_alexnet import summaries
+from keras_alexnet import workdir as workdir_lib
 from keras_alexnet import workdir_lock
 
 # Seeds of the random streams, folded with the step and the replica.
 _AUGMENT_STREAM = 0
 _DROPOUT_STREAM = 1
-SUMMARY_IMAGES = 3          # Augmented inputs shown in TensorBoard each epoch.
-KERNEL_ZOOM = 4             # conv1 kernels are 11x11: enlarged so that TensorBoard shows them.
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,128 +65,80 @@ class Stopped(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# Devices and strategies.
+# The loop's state.
 
 
-def _check_devices(devices):
-  missing = distribute.missing_devices(devices)
-  if missing:
-    raise ValueError(f"--devices {missing} not found; this machine has "
-                     f"{distribute.logical_device_names()}.")
+@dataclasses.dataclass
+class TrainState:
+  """Where the run stands besides the weights and the optimizer's slots: all that a resumed run
+  needs to go on as an uninterrupted one would. Written into every checkpoint's state.json
+  (`to_json`) and read back from it (`from_json`), here only.
 
-
-def auto_strategy(gpus, cpus, devices=(), paper_net=True) -> tuple:
-  """(strategy, devices, why) that --strategy=auto picks among the logical devices.
-
-  The rule counts GPUs; without GPUs it counts the logical CPU devices, which exist only when
-  the user split the CPU with --num_cpu_devices to try the strategies (a plain CPU is one
-  device); --devices, when given, are the devices counted. Exactly two: the paper's
-  two_tower split (section 3.2), or mirrored for a net without towers (--tiny_model,
-  --variant=one_tower); more: mirrored over all of them; one: one_device.
+  schedule: the learning-rate schedule (optimizer.make_schedule); its state is saved too.
   """
-  if devices:
-    found = list(devices)
-    count = f"--devices names {len(found)} device(s) ({', '.join(found)})"
-  elif gpus:
-    found = list(gpus)
-    count = f"this machine has {len(found)} GPU(s) ({', '.join(found)})"
-  elif len(cpus) >= 2:
-    found = list(cpus)
-    count = (f"this machine has no GPU and {len(found)} logical CPU devices "
-             f"({', '.join(found)}; --num_cpu_devices)")
-  else:
-    found = list(cpus[:1]) or ["/cpu:0"]
-    count = f"this machine has no GPU and one CPU device ({found[0]})"
-  if len(found) == 2 and paper_net:
-    return "two_tower", found, (f"{count}: the paper's split, tower a on {found[0]} and "
-                                f"tower b on {found[1]}")
-  if len(found) >= 2:
-    return "mirrored", found, f"{count}: one replica on each" + (
-        "" if paper_net else " (two_tower needs the paper's two-tower net)")
-  return "one_device", found, f"{count}: one replica"
+  schedule: Any
+  step: int = 0                 # Steps done, over all epochs.
+  epoch: int = 0                # Epochs done.
+  batch: int = 0                # Batches done in the current epoch.
+  best_top1_error: Optional[float] = None
+  history: list = dataclasses.field(default_factory=list)   # One record per epoch done.
+  earlier_seconds: float = 0.0  # Wall time of the run's earlier sessions.
+  # The run's time up to its last checkpoint: what the summary reports, now and on a rerun.
+  saved_seconds: float = 0.0
+  session_start: float = dataclasses.field(default_factory=time.perf_counter)
+
+  def to_json(self, steps_per_epoch: int, batch_size: int, learning_rate: float) -> dict:
+    """state.json. Its keys never change: checkpoints of earlier versions must restore."""
+    return {"step": self.step, "epoch": self.epoch, "batch": self.batch,
+            "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
+            "learning_rate": learning_rate, "schedule": self.schedule.state(),
+            "best_top1_error": self.best_top1_error, "history": self.history,
+            # Wall time of every session of the run: the closing summary's total.
+            "train_seconds": self.earlier_seconds + time.perf_counter() - self.session_start}
+
+  @classmethod
+  def from_json(cls, saved: dict, schedule) -> "TrainState":
+    """The state a checkpoint's state.json holds; restores `schedule` from it."""
+    schedule.restore(saved["schedule"])
+    seconds = float(saved.get("train_seconds", 0.0))
+    return cls(schedule, step=saved["step"], epoch=saved["epoch"], batch=saved["batch"],
+               best_top1_error=saved.get("best_top1_error"),
+               history=saved.get("history", []), earlier_seconds=seconds,
+               saved_seconds=seconds)
 
 
-def _refuse_auto_under_tf_config():
-  tf_config = os.environ.get("TF_CONFIG")
-  if tf_config:
-    raise ValueError(
-        "--strategy=auto never chooses multi-worker training, but TF_CONFIG is set "
-        f"({tf_config[:200]!r}). Pass --strategy=multi_worker to train on every worker of "
-        "TF_CONFIG, or unset TF_CONFIG and pass --strategy=auto (or one_device, mirrored, "
-        "two_tower) to train on this machine alone.")
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What stays fixed while the loop runs: the settings, the strategy, the model and its
+  optimizer, where they are saved and where the summaries go."""
+  config: config_lib.Config
+  strategy: Any
+  model: keras.Model
+  optimizer: Any
+  checkpoint: tf.train.Checkpoint
+  store: workdir_lib.CheckpointStore
+  writers: summaries.Writers
+  stats: dataset_info.Statistics
+  steps_per_epoch: int
+  chief: bool
 
-
-def make_strategy(train: config_lib.TrainConfig, paper_net: bool = True):
-  """(strategy, the model's two tower devices or None) for --strategy.
-
-  paper_net: the model has the paper's two towers (what --strategy=auto needs to choose
-  two_tower).
-  """
-  devices = list(train.devices)
-  if train.strategy == "auto":
-    _refuse_auto_under_tf_config()
-    if devices:
-      _check_devices(devices)
-    name, chosen, why = auto_strategy(
-        [d.name for d in tf.config.list_logical_devices("GPU")],
-        [d.name for d in tf.config.list_logical_devices("CPU")], devices,
-        paper_net and not train.tiny_model)
-    logging.info("--strategy=auto chose %s: %s. To force another, pass --strategy=%s (and "
-                 "--devices=... to name the devices).", name, why,
-                 "|".join(s for s in config_lib.STRATEGIES if s not in ("auto", name)))
-    return make_strategy(dataclasses.replace(train, strategy=name, devices=tuple(chosen)))
-  if train.strategy == "multi_worker":
-    # First: listing devices would start TF's runtime, after which collectives cannot be set up.
-    tf_config = os.environ.get("TF_CONFIG")
-    if not tf_config:
-      raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable "
-                       "(cluster and task; see README.md, 'Train and evaluate').")
-    try:
-      json.loads(tf_config)["cluster"]
-    except (ValueError, KeyError, TypeError):
-      raise ValueError(f"TF_CONFIG must be JSON with a 'cluster' and a 'task'; received "
-                       f"{tf_config!r}.") from None
-    options = tf.distribute.experimental.CommunicationOptions(
-        timeout_seconds=train.collective_timeout or None)
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options), None
-  gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
-  if devices:
-    _check_devices(devices)
-  if train.strategy == "one_device":
-    if len(devices) > 1:
-      raise ValueError(f"--strategy=one_device takes at most one device; received {devices}.")
-    device = devices[0] if devices else (gpus[0] if gpus else "/cpu:0")
-    return tf.distribute.OneDeviceStrategy(device), None
-  if train.strategy == "mirrored":
-    # No GPUs: every logical CPU (see --num_cpu_devices), where TF's default takes one.
-    devices = devices or gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
-    if len(devices) == 1:
-      logging.warning("--strategy=mirrored over one device (%s) runs one replica, as "
-                      "--strategy=one_device does. For more, use a machine with several GPUs, "
-                      "name them with --devices, or split the CPU with --num_cpu_devices=N.",
-                      devices[0])
-    return tf.distribute.MirroredStrategy(devices), None
-  if train.strategy == "two_tower":
-    if not devices:
-      devices = gpus[:2] if len(gpus) >= 2 else [
-          d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    if len(devices) < 2:
-      raise ValueError(
-          "--strategy=two_tower puts tower a and tower b on two devices but this machine has "
-          f"{sorted(d.name for d in tf.config.list_logical_devices())}. Use a machine with two "
-          "GPUs, name two with --devices, or split the CPU with --num_cpu_devices=2.")
-    return tf.distribute.OneDeviceStrategy(devices[0]), tuple(devices[:2])
-  raise ValueError(f"--strategy must be one of {config_lib.STRATEGIES}; received "
-                   f"{train.strategy!r}.")
-
-
-def _worker_id(strategy) -> int:
-  resolver = getattr(strategy, "cluster_resolver", None)
-  return int(getattr(resolver, "task_id", 0) or 0) if resolver else 0
+  @property
+  def train(self) -> config_lib.TrainConfig:
+    return self.config.train
 
 
 # ---------------------------------------------------------------------------------------------
 # The steps.
+
+
+def make_optimizer(t: config_lib.TrainConfig, learning_rate: float):
+  """The paper's SGD with the run's momentum and weight decay; loss scaling under
+  mixed_float16 (bfloat16 needs none)."""
+  optimizer = optimizer_lib.PaperSGD(learning_rate, momentum=t.momentum,
+                                     weight_decay=t.weight_decay, decay_biases=t.decay_biases)
+  if t.precision == "mixed_float16":
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
 
 
 def _step_seed(seed, step, replica, stream):
@@ -321,136 +277,6 @@ def _input_source(data: data_sources.DataConfig) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Summaries.
-
-
-def kernel_grid(kernels: np.ndarray, columns: int = 12) -> np.ndarray:
-  """conv1 kernels [h, w, 3, n] -> one RGB image [1, H, W, 3] in [0, 1], as the paper's
-  Figure 3 shows them: each kernel scaled on its own, 1-pixel gaps. With 96 kernels the first
-  4 rows are tower a's 48, the last 4 tower b's."""
-  h, w, _, n = kernels.shape
-  columns = columns if n % columns == 0 else int(math.ceil(math.sqrt(n)))
-  rows = int(math.ceil(n / columns))
-  grid = np.ones((rows * (h + 1) + 1, columns * (w + 1) + 1, 3), np.float32)
-  for i in range(n):
-    k = kernels[..., i]
-    scale = np.abs(k).max() or 1.0
-    r, c = divmod(i, columns)
-    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = (
-        0.5 + 0.5 * k / scale)
-  grid = np.repeat(np.repeat(grid, KERNEL_ZOOM, axis=0), KERNEL_ZOOM, axis=1)
-  return grid[None]
-
-
-def _display(images):
-  """Mean-subtracted float crops -> [0, 1] per image, for TensorBoard."""
-  lo = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
-  hi = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
-  return (images - lo) / tf.maximum(hi - lo, 1e-6)
-
-
-class _Writers:
-  """TensorBoard writers: the chief writes, the other workers write nothing."""
-
-  def __init__(self, workdir, active):
-    root = os.path.join(workdir, "tensorboard")
-    if active:
-      self.train = tf.summary.create_file_writer(os.path.join(root, "train"))
-      self.validation = tf.summary.create_file_writer(os.path.join(root, "validation"))
-    else:
-      self.train = self.validation = tf.summary.create_noop_writer()
-
-  def flush(self):
-    self.train.flush()
-    self.validation.flush()
-
-
-# ---------------------------------------------------------------------------------------------
-# The workdir.
-
-
-def _metadata(config, model_config, data_meta, stats, steps_per_epoch, strategy) -> dict:
-  """config.json; in its JSON form (lists, not tuples) so that it compares with a saved one."""
-  return json.loads(json.dumps({
-      "model_config": checkpointing.model_config_to_json(model_config),
-      "tiny_model": config.train.tiny_model,
-      "num_classes": model_config.num_classes,
-      "classes": data_meta.get("classes"),
-      "data_dir": config.data.data_dir,
-      "data": {"format": data_meta.get("format"), "num_examples": data_meta["num_examples"],
-               "label_offset": data_meta.get("label_offset")},
-      "statistics": checkpointing.STATISTICS_FILE,
-      "statistics_source": stats.source,
-      "augment": dataclasses.asdict(config.augment),
-      "train": {**dataclasses.asdict(config.train), "steps_per_epoch": steps_per_epoch,
-                "replicas": strategy.num_replicas_in_sync,
-                "peak_learning_rate": config.train.peak_learning_rate()},
-  }))
-
-
-def _check_same_run(workdir, metadata):
-  """A resumed run must be the run the workdir holds: same model, classes, batch, epoch."""
-  try:
-    old = checkpointing.read_metadata(workdir)
-  except FileNotFoundError:
-    return
-  checks = [("model_config", old.get("model_config"), metadata["model_config"]),
-            ("tiny_model", old.get("tiny_model", False), metadata["tiny_model"]),
-            ("num_classes", old.get("num_classes"), metadata["num_classes"])]
-  for key in ("batch_size", "steps_per_epoch", "seed"):
-    checks.append((key, old.get("train", {}).get(key), metadata["train"][key]))
-  checks.append(("trainable_from", old.get("train", {}).get("trainable_from"),
-                 metadata["train"]["trainable_from"]))
-  checks.append(("lr_schedule", old.get("train", {}).get("schedule", {}).get("kind"),
-                 metadata["train"]["schedule"]["kind"]))
-  for name, was, now in checks:
-    if was != now:
-      raise ValueError(
-          f"{workdir} holds a run with {name}={was!r}, but this run has {name}={now!r}; "
-          "resuming would mix two different runs. Use another --workdir, or --resume=false to "
-          "start afresh here (the old checkpoints are moved aside, not deleted).")
-
-
-def freeze_before(model: keras.Model, trainable_from: str) -> list:
-  """Marks the layers before `trainable_from` untrainable (no gradients, no weight decay, no
-  momentum); returns their names. Layers are named by the paper's groups: conv2 is conv2_a
-  and conv2_b."""
-  groups = []
-  for layer in model.layers:
-    if layer.weights and layer.name.split("_")[0] not in groups:
-      groups.append(layer.name.split("_")[0])
-  if trainable_from not in groups:
-    raise ValueError(f"--trainable_from must be one of this model's layers {groups}; received "
-                     f"{trainable_from!r}.")
-  frozen_groups = groups[:groups.index(trainable_from)]
-  frozen = [layer for layer in model.layers if layer.name.split("_")[0] in frozen_groups]
-  for layer in frozen:
-    layer.trainable = False
-  return [layer.name for layer in frozen if layer.weights]
-
-
-def _move_aside(workdir):
-  """--resume=false: the previous run's checkpoints and events go to a dated folder."""
-  moved = [n for n in (checkpointing.CHECKPOINT_DIR, "tensorboard")
-           if os.path.exists(os.path.join(workdir, n))]
-  if not moved:
-    return
-  base = os.path.join(workdir, time.strftime("previous-%Y%m%d-%H%M%S"))
-  target, n = base, 1
-  while True:   # Never into (or over) a folder that exists: two restarts in one second.
-    try:
-      os.makedirs(target)
-      break
-    except FileExistsError:
-      n += 1
-      target = f"{base}-{n}"
-  for name in moved:
-    os.replace(os.path.join(workdir, name), os.path.join(target, name))
-  logging.warning("--resume=false: moved the previous run's %s to %s.", " and ".join(moved),
-                  target)
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop.
 
 
@@ -497,11 +323,11 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
   config_lib.check_train_config(config)
   t = config.train
   if t.strategy == "auto":
-    _refuse_auto_under_tf_config()   # Before anything is read.
+    distribute.refuse_auto_under_tf_config()   # Before anything is read.
   strategy = None
   if t.strategy == "multi_worker":
     # Collective ops must be set up before TF runs anything, e.g. reading the dataset below.
-    strategy, tower_devices = make_strategy(t)
+    strategy, tower_devices = distribute.make_strategy(t)
   # What the dataset itself says, without --num_classes: this project's shards declare their
   # classes, and a different --num_classes is a mistake. Model Garden and TFDS shards do not
   # (1000 assumed), and there --num_classes=1001 keeps their background class.
@@ -525,7 +351,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
            else dataset_info.statistics_from_dataset_info(config.data.data_dir))
 
   if strategy is None:
-    strategy, tower_devices = make_strategy(t, paper_net=config.model.variant == "paper")
+    strategy, tower_devices = distribute.make_strategy(
+        t, paper_net=config.model.variant == "paper")
   replicas = strategy.num_replicas_in_sync
   if t.batch_size % replicas:
     raise ValueError(f"--batch_size={t.batch_size} (the global batch) is not divisible by the "
@@ -542,246 +369,281 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
   if t.init_checkpoint and not t.tiny_model:
     # A converted pretrained net is fine-tuned as the source's own architecture (on the usual
     # 224 crops: Caffe's unpadded net reaches fc6's 6x6 grid there too, by its ceil pooling).
-    source = checkpointing.init_architecture(t.init_checkpoint)
+    source = finetune.init_architecture(t.init_checkpoint)
     if source:
       logging.info("--init_checkpoint is a converted net; its architecture is kept: %s", source)
       model_config = dataclasses.replace(model_config, **source)
-  metadata = _metadata(config, model_config, data_meta, stats, steps_per_epoch, strategy)
+  metadata = workdir_lib.run_metadata(config, model_config, data_meta, stats, steps_per_epoch,
+                                      strategy.num_replicas_in_sync)
   # One trainer per workdir (the chief's: other workers of a run write no files of their own).
   lock = workdir_lock.WorkdirLock(workdir) if strategy.extended.should_checkpoint else None
   if lock is not None:
     lock.acquire()
   try:
     if t.resume:
-      _check_same_run(workdir, metadata)
+      workdir_lib.check_same_run(workdir, metadata)
     keras.mixed_precision.set_global_policy(t.precision)
     return _train(config, workdir, flags_text, strategy, tower_devices, model_config, metadata,
-                  stats, steps_per_epoch, has_validation)
+                  stats)
   finally:
     keras.mixed_precision.set_global_policy("float32")
     if lock is not None:
       lock.release()
 
 
-def _train(config, workdir, flags_text, strategy, tower_devices, model_config, metadata, stats,
-           steps_per_epoch, has_validation):
+def _train(config, workdir, flags_text, strategy, tower_devices, model_config, metadata, stats):
+  """The loop, in sections: the model and its workdir, the state, the input, then per epoch
+  the steps and the end of the epoch (validation, the schedule, a checkpoint)."""
   t = config.train
+  steps_per_epoch = metadata["train"]["steps_per_epoch"]
+  chief = strategy.extended.should_checkpoint
+
+  # The model and the optimizer, built under the strategy from the run's seed.
   if t.deterministic:
     tf.config.experimental.enable_op_determinism()
   keras.utils.set_random_seed(t.seed)   # The initial weights.
   peak_lr = t.peak_learning_rate()
   with strategy.scope():
-    model = checkpointing.build_model(
+    model = workdir_lib.build_model(
         dataclasses.replace(model_config, devices=tower_devices), tiny=t.tiny_model)
-    frozen = freeze_before(model, t.trainable_from) if t.trainable_from else []
-    optimizer = optimizer_lib.PaperSGD(peak_lr, momentum=t.momentum,
-                                       weight_decay=t.weight_decay, decay_biases=t.decay_biases)
-    if t.precision == "mixed_float16":
-      optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    frozen = finetune.freeze_before(model, t.trainable_from) if t.trainable_from else []
+    optimizer = make_optimizer(t, peak_lr)
     optimizer.build(model.trainable_variables)
-  checkpoint = tf.train.Checkpoint(model=checkpointing.checkpointed_variables(model),
+  checkpoint = tf.train.Checkpoint(model=workdir_lib.checkpointed_variables(model),
                                    optimizer=optimizer)
 
-  chief = strategy.extended.should_checkpoint
-  store = checkpointing.CheckpointStore(workdir, t.keep_checkpoints, chief, _worker_id(strategy))
+  # The workdir: fine-tuning's starting weights, then the run's files.
+  store = workdir_lib.CheckpointStore(workdir, t.keep_checkpoints, chief,
+                                      distribute.worker_id(strategy))
   if frozen:
     logging.info("Frozen (--trainable_from=%s): %s.", t.trainable_from, ", ".join(frozen))
   if t.init_checkpoint and not (t.resume and store.steps()):
     # Once, at the start: a resumed run continues from its own checkpoints instead.
-    init = checkpointing.load_init_weights(model, t.init_checkpoint)
+    init = finetune.load_init_weights(model, t.init_checkpoint)
     logging.info("Initialised from %s: %s; re-initialised: %s.", init["checkpoint"],
                  ", ".join(init["loaded"]), ", ".join(init["reinitialised"]) or "none")
   if chief:
     os.makedirs(workdir, exist_ok=True)
     if not t.resume:
-      _move_aside(workdir)
+      workdir_lib.move_aside(workdir)
     store.clean_partial()
-    files.write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), metadata)
-    files.write_text(os.path.join(workdir, checkpointing.FLAGS_FILE), flags_text)
-    checkpointing.save_statistics(workdir, stats)
+    files.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE), metadata)
+    files.write_text(os.path.join(workdir, workdir_lib.FLAGS_FILE), flags_text)
+    workdir_lib.save_statistics(workdir, stats)
 
-  schedule = optimizer_lib.make_schedule(t.schedule, peak_lr)
-  state = store.restore(checkpoint) if t.resume else None
-  session_start = time.perf_counter()
-  if state:
-    schedule.restore(state["schedule"])
-    step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch"]
-    best_error, history = state.get("best_top1_error"), state.get("history", [])
-    earlier_seconds = float(state.get("train_seconds", 0.0))
-    if epoch >= t.epochs:
-      logging.info("%s holds a complete run: %d of --epochs=%d done (step %d); nothing to "
-                   "train. Raise --epochs to train on, or pass --resume=false to start afresh "
-                   "(the old checkpoints are moved aside).", workdir, epoch, t.epochs, step)
-    else:
-      logging.info("Resuming at step %d: epoch %d, batch %d of %d, learning rate %g.", step,
-                   epoch + 1, batch_in_epoch, steps_per_epoch, _learning_rate(optimizer))
-  else:
-    step = epoch = batch_in_epoch = 0
-    best_error, history = None, []
-    earlier_seconds = 0.0
-    optimizer.learning_rate = schedule.learning_rate(0)
-    logging.info("Starting afresh: %d epochs of %d steps, global batch %d on %d replica(s), "
-                 "learning rate %g.", t.epochs, steps_per_epoch, t.batch_size,
-                 strategy.num_replicas_in_sync, peak_lr)
+  # The loop's state: the newest checkpoint's, or fresh.
+  state = _restore_or_start(t, workdir, store, checkpoint, optimizer,
+                            optimizer_lib.make_schedule(t.schedule, peak_lr), steps_per_epoch,
+                            strategy.num_replicas_in_sync)
 
+  # The steps, and their input: one iterator for the rest of the run, one for validation.
   train_step = make_train_step(model, optimizer, strategy, stats, config.augment, t.batch_size,
                                t.seed, t.xla)
   distributed_eval = t.strategy != "multi_worker"
   eval_step = make_eval_step(model, strategy, stats, config.augment.mean, distributed_eval)
-  writers = _Writers(workdir, strategy.extended.should_save_summary)
-  per_replica = t.batch_size // strategy.num_replicas_in_sync
-
-  def state_dict():
-    return {"step": step, "epoch": epoch, "batch": batch_in_epoch,
-            "steps_per_epoch": steps_per_epoch, "batch_size": t.batch_size,
-            "learning_rate": _learning_rate(optimizer), "schedule": schedule.state(),
-            "best_top1_error": best_error, "history": history,
-            # Wall time of every session of the run: the closing summary's total.
-            "train_seconds": earlier_seconds + time.perf_counter() - session_start}
-
-  # The run's time up to its last checkpoint: what the summary reports, now and on a rerun.
-  saved_seconds = [earlier_seconds]
-
-  def save(best=None):
-    writers.flush()
-    # A checkpoint is a "last good" one only with finite weights: a step can overflow them
-    # before the loss shows it (the loss of step k is computed before step k's update).
-    bad = checkpointing.nonfinite_variables(model)
-    if bad:
-      steps = store.steps()
-      raise NonFiniteLossError(
-          f"The weights are not finite after step {step} ({', '.join(bad[:5])}); not saved. "
-          "The last good checkpoint is "
-          + (f"{store.path(steps[-1])}." if steps else "none (none was saved yet).")
-          + " Lower --learning_rate or check the data.")
-    state = state_dict()
-    path = store.save(checkpoint, step, state, best)
-    saved_seconds[0] = state["train_seconds"]
-    if path:
-      logging.info("Saved %s.", path)
-
-  def dataset_fn(first_epoch, skip):
-    """The rest of the run as one dataset: epoch `first_epoch` from its batch `skip`, then
-    every later epoch, each cut at steps_per_epoch. So one iterator serves the whole run (an
-    iterator per epoch stalled epoch starts: see _chain_epochs)."""
-    def fn(context):
-      local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
-      epochs = []
-      for e in range(first_epoch, t.epochs):
-        done = skip if e == first_epoch else 0
-        ds = dataset_lib.create_split(config.data, True, per_replica, input_context=context,
-                                      epoch=e, skip_batches=done * local_replicas)
-        if context.num_input_pipelines > 1:
-          # Workers with fewer examples in their files wrap around rather than stall the others.
-          ds = ds.repeat()
-        # Each step takes one batch per local replica. The assertion fails the run, as running
-        # out of data did with an iterator per epoch, instead of starting the next epoch early.
-        batches = (steps_per_epoch - done) * local_replicas
-        epochs.append(ds.take(batches).apply(tf.data.experimental.assert_cardinality(batches)))
-      return _chain_epochs(epochs)
-    return fn
+  writers = summaries.Writers(os.path.join(workdir, workdir_lib.TENSORBOARD_DIR),
+                              strategy.extended.should_save_summary)
+  run = _Run(config, strategy, model, optimizer, checkpoint, store, writers, stats,
+             steps_per_epoch, chief)
+  signals = _SignalFlag()
 
   def stop_waiting(error):
     """While waiting for input: a signal, or no batch for --data_timeout. The model is at a
     step boundary: save, then stop."""
-    save()
+    _save(run, state)
     if isinstance(error, bounded_input.Interrupted):
-      raise Stopped(signals.signum, step)
-    raise bounded_input.InputTimeout(f"{error} Saved a checkpoint at step {step}; rerun the "
-                                     "same command to resume.")
+      raise Stopped(signals.signum, state.step)
+    raise bounded_input.InputTimeout(f"{error} Saved a checkpoint at step {state.step}; rerun "
+                                     "the same command to resume.")
 
-  last_val = history[-1]["validation"] if history else {}
+  has_validation = metadata["data"]["num_examples"].get("validation", 0) > 0
   val_batches = validation_batches(
       strategy, config.data, t.batch_size, t.eval_steps,
       metadata["data"]["num_examples"].get("validation", 0),
       distributed_eval) if has_validation else None
-  if epoch < t.epochs:
-    iterator = iter(strategy.distribute_datasets_from_function(
-        dataset_fn(epoch, batch_in_epoch)))
+  if state.epoch < t.epochs:
+    iterator = iter(strategy.distribute_datasets_from_function(_train_batches(
+        config.data, t.epochs, steps_per_epoch, t.batch_size // strategy.num_replicas_in_sync,
+        state.epoch, state.batch)))
     fetch = bounded_input.BoundedNext(iterator, t.data_timeout, _input_source(config.data),
                                       stop_waiting)
-  with _SignalFlag() as signals:
-    while epoch < t.epochs:
-      epoch_start = time.perf_counter()
-      progbar = (keras.utils.Progbar(steps_per_epoch, stateful_metrics=["img/s", "lr"])
-                 if chief and sys.stdout.isatty() else None)
-      window = np.zeros(4)   # loss sum, top-1 hits, top-5 hits, steps
-      window_start = time.perf_counter()
-      first_of_epoch, timed_steps = True, 0
-      while batch_in_epoch < steps_per_epoch:
-        images, labels = fetch(signals)
-        if first_of_epoch and t.summary_images and batch_in_epoch == 0:
-          _summarize_inputs(writers, strategy, images, stats, config.augment, t.seed, step)
-        out = train_step(images, labels, tf.constant(step, tf.int64),
-                         tf.constant(float(signals.signum > 0)))
-        loss_sum, top1, top5, stop = (x.numpy() for x in out)
-        loss = loss_sum / t.batch_size
-        if not np.isfinite(loss):
-          writers.flush()
-          steps = store.steps()
-          raise NonFiniteLossError(
-              f"The loss is {loss} at step {step + 1} (epoch {epoch + 1}, batch "
-              f"{batch_in_epoch + 1}); stopping without saving. The last good checkpoint is "
-              + (f"{store.path(steps[-1])}." if steps else "none (none was saved yet).")
-              + (f" Its weights are finite but are the ones that gave this loss; the one "
-                 f"before it is {store.path(steps[-2]) if len(steps) > 1 else 'none'}."
-                 if steps and steps[-1] == step else "")
-              + " Lower --learning_rate or check the data.")
-        step += 1
-        batch_in_epoch += 1
-        window += (loss_sum, top1, top5, 1)
-        if first_of_epoch:   # Pipeline start-up (and tracing) is not throughput.
-          window_start, timed_steps, first_of_epoch = time.perf_counter(), 0, False
-        else:
-          timed_steps += 1
-        if progbar:
-          progbar.update(batch_in_epoch, [("loss", loss), ("top1_err", 1 - top1 / t.batch_size),
-                                          ("lr", _learning_rate(optimizer))])
-        if step % t.log_every_steps == 0 or batch_in_epoch == steps_per_epoch:
-          _log_window(writers, window, timed_steps, window_start, step, epoch, batch_in_epoch,
-                      steps_per_epoch, t.batch_size, _learning_rate(optimizer), chief,
-                      steps_left=t.epochs * steps_per_epoch - step)
-          window, window_start, timed_steps = np.zeros(4), time.perf_counter(), 0
-        if stop:
-          save()
-          raise Stopped(signals.signum or signal.SIGTERM, step)
-        if step % t.checkpoint_every_steps == 0 and batch_in_epoch < steps_per_epoch:
-          save()
 
-      # End of the epoch: validation, the schedule, a checkpoint.
+  with signals:
+    while state.epoch < t.epochs:
+      epoch_start = time.perf_counter()
+      _train_epoch(run, state, train_step, fetch, signals)
+      # The end of the epoch: validation, the schedule, a checkpoint.
       validation_start = time.perf_counter()
-      val = {}
-      if has_validation:
-        val = evaluate_split(eval_step, strategy, config.data, t.batch_size, t.eval_steps,
-                             distributed_eval, val_batches, t.data_timeout, signals,
-                             stop_waiting)
-      improved = bool(val) and (best_error is None or val["top1_error"] < best_error)
-      if improved:
-        best_error = val["top1_error"]
-      lr = _learning_rate(optimizer)
-      # After the last epoch there is no epoch for a new rate: the schedule stays as it is.
-      if epoch + 1 < t.epochs and schedule.update(epoch, val.get("top1_error")):
-        logging.info("Validation error stopped improving: learning rate %g -> %g.", lr,
-                     schedule.learning_rate(epoch + 1))
-      history.append({"epoch": epoch + 1, "step": step, "learning_rate": lr, "validation": val})
-      _summarize_epoch(writers, model, val, step, t.summary_images)
-      now = time.perf_counter()
-      logging.info("Epoch %d/%d done at step %d in %s (validation %.1f s): validation %s.",
-                   epoch + 1, t.epochs, step, _duration(now - epoch_start),
-                   now - validation_start,
-                   ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                            for k, v in val.items()) or "skipped")
-      epoch += 1
-      batch_in_epoch = 0
-      optimizer.learning_rate = schedule.learning_rate(epoch)
-      last_val = val
-      save(best={"top1_error": best_error, "epoch": epoch} if improved else None)
+      val = (evaluate_split(eval_step, strategy, config.data, t.batch_size, t.eval_steps,
+                            distributed_eval, val_batches, t.data_timeout, signals,
+                            stop_waiting) if has_validation else {})
+      _end_epoch(run, state, val, epoch_start, validation_start)
       if signals.signum:
-        raise Stopped(signals.signum, step)
+        raise Stopped(signals.signum, state.step)
   writers.flush()
   if chief:
-    _log_summary(history, store, epoch, step, saved_seconds[0])
-  return {"step": step, "epoch": epoch, "validation": last_val, "best_top1_error": best_error}
+    _log_summary(state.history, store, state.epoch, state.step, state.saved_seconds)
+  return {"step": state.step, "epoch": state.epoch,
+          "validation": state.history[-1]["validation"] if state.history else {},
+          "best_top1_error": state.best_top1_error}
+
+
+def _train_epoch(run: _Run, state: TrainState, train_step, fetch, signals) -> None:
+  """The rest of the current epoch's steps: a log line (and TensorBoard scalars) every
+  --log_every_steps, a checkpoint every --checkpoint_every_steps; on a signal (any worker's)
+  a checkpoint, then Stopped."""
+  t, config, optimizer = run.train, run.config, run.optimizer
+  progbar = (keras.utils.Progbar(run.steps_per_epoch, stateful_metrics=["img/s", "lr"])
+             if run.chief and sys.stdout.isatty() else None)
+  window = np.zeros(4)   # loss sum, top-1 hits, top-5 hits, steps
+  window_start = time.perf_counter()
+  first_of_epoch, timed_steps = True, 0
+  while state.batch < run.steps_per_epoch:
+    images, labels = fetch(signals)
+    if first_of_epoch and t.summary_images and state.batch == 0:
+      summaries.augmented_inputs(run.writers, run.strategy, images, run.stats, config.augment,
+                                 _step_seed(t.seed, state.step, 0, _AUGMENT_STREAM),
+                                 state.step)
+    out = train_step(images, labels, tf.constant(state.step, tf.int64),
+                     tf.constant(float(signals.signum > 0)))
+    loss_sum, top1, top5, stop = (x.numpy() for x in out)
+    loss = loss_sum / t.batch_size
+    if not np.isfinite(loss):
+      raise _nonfinite_loss(run, state, loss)
+    state.step += 1
+    state.batch += 1
+    window += (loss_sum, top1, top5, 1)
+    if first_of_epoch:   # Pipeline start-up (and tracing) is not throughput.
+      window_start, timed_steps, first_of_epoch = time.perf_counter(), 0, False
+    else:
+      timed_steps += 1
+    if progbar:
+      progbar.update(state.batch, [("loss", loss), ("top1_err", 1 - top1 / t.batch_size),
+                                   ("lr", _learning_rate(optimizer))])
+    if state.step % t.log_every_steps == 0 or state.batch == run.steps_per_epoch:
+      _log_window(run.writers, window, timed_steps, window_start, state.step, state.epoch,
+                  state.batch, run.steps_per_epoch, t.batch_size, _learning_rate(optimizer),
+                  run.chief, steps_left=t.epochs * run.steps_per_epoch - state.step)
+      window, window_start, timed_steps = np.zeros(4), time.perf_counter(), 0
+    if stop:
+      _save(run, state)
+      raise Stopped(signals.signum or signal.SIGTERM, state.step)
+    if state.step % t.checkpoint_every_steps == 0 and state.batch < run.steps_per_epoch:
+      _save(run, state)
+
+
+def _end_epoch(run: _Run, state: TrainState, val: dict, epoch_start: float,
+               validation_start: float) -> None:
+  """After the epoch's steps and its validation `val`: the best error, the schedule, the
+  history, the summaries and the log line, then the next epoch's rate and a checkpoint."""
+  t, optimizer, schedule = run.train, run.optimizer, state.schedule
+  improved = bool(val) and (state.best_top1_error is None
+                            or val["top1_error"] < state.best_top1_error)
+  if improved:
+    state.best_top1_error = val["top1_error"]
+  lr = _learning_rate(optimizer)
+  # After the last epoch there is no epoch for a new rate: the schedule stays as it is.
+  if state.epoch + 1 < t.epochs and schedule.update(state.epoch, val.get("top1_error")):
+    logging.info("Validation error stopped improving: learning rate %g -> %g.", lr,
+                 schedule.learning_rate(state.epoch + 1))
+  state.history.append({"epoch": state.epoch + 1, "step": state.step, "learning_rate": lr,
+                        "validation": val})
+  summaries.epoch_end(run.writers, run.model, val, state.step, t.summary_images)
+  now = time.perf_counter()
+  logging.info("Epoch %d/%d done at step %d in %s (validation %.1f s): validation %s.",
+               state.epoch + 1, t.epochs, state.step, _duration(now - epoch_start),
+               now - validation_start,
+               ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in val.items()) or "skipped")
+  state.epoch += 1
+  state.batch = 0
+  optimizer.learning_rate = schedule.learning_rate(state.epoch)
+  _save(run, state,
+        best={"top1_error": state.best_top1_error, "epoch": state.epoch} if improved else None)
+
+
+def _last_good(store) -> str:
+  steps = store.steps()
+  return f"{store.path(steps[-1])}." if steps else "none (none was saved yet)."
+
+
+def _save(run: _Run, state: TrainState, best: Optional[dict] = None) -> None:
+  """A checkpoint of the weights, the optimizer and `state`; `best` marks it the best so far."""
+  run.writers.flush()
+  # A checkpoint is a "last good" one only with finite weights: a step can overflow them
+  # before the loss shows it (the loss of step k is computed before step k's update).
+  bad = workdir_lib.nonfinite_variables(run.model)
+  if bad:
+    raise NonFiniteLossError(
+        f"The weights are not finite after step {state.step} ({', '.join(bad[:5])}); not "
+        "saved. The last good checkpoint is " + _last_good(run.store)
+        + " Lower --learning_rate or check the data.")
+  saved = state.to_json(run.steps_per_epoch, run.train.batch_size,
+                        _learning_rate(run.optimizer))
+  path = run.store.save(run.checkpoint, state.step, saved, best)
+  state.saved_seconds = saved["train_seconds"]
+  if path:
+    logging.info("Saved %s.", path)
+
+
+def _restore_or_start(t, workdir, store, checkpoint, optimizer, schedule, steps_per_epoch,
+                      replicas) -> TrainState:
+  """The state of the newest checkpoint that loads (--resume), else a fresh one."""
+  saved = store.restore(checkpoint) if t.resume else None
+  if saved:
+    state = TrainState.from_json(saved, schedule)
+    if state.epoch >= t.epochs:
+      logging.info("%s holds a complete run: %d of --epochs=%d done (step %d); nothing to "
+                   "train. Raise --epochs to train on, or pass --resume=false to start afresh "
+                   "(the old checkpoints are moved aside).", workdir, state.epoch, t.epochs,
+                   state.step)
+    else:
+      logging.info("Resuming at step %d: epoch %d, batch %d of %d, learning rate %g.",
+                   state.step, state.epoch + 1, state.batch, steps_per_epoch,
+                   _learning_rate(optimizer))
+    return state
+  state = TrainState(schedule)
+  optimizer.learning_rate = schedule.learning_rate(0)
+  logging.info("Starting afresh: %d epochs of %d steps, global batch %d on %d replica(s), "
+               "learning rate %g.", t.epochs, steps_per_epoch, t.batch_size, replicas,
+               t.peak_learning_rate())
+  return state
+
+
+def _train_batches(data, epochs, steps_per_epoch, per_replica, first_epoch, skip):
+  """The rest of the run as one dataset function: epoch `first_epoch` from its batch `skip`,
+  then every later epoch, each cut at steps_per_epoch. So one iterator serves the whole run
+  (an iterator per epoch stalled epoch starts: see _chain_epochs)."""
+  def fn(context):
+    local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+    parts = []
+    for e in range(first_epoch, epochs):
+      done = skip if e == first_epoch else 0
+      ds = dataset_lib.create_split(data, True, per_replica, input_context=context,
+                                    epoch=e, skip_batches=done * local_replicas)
+      if context.num_input_pipelines > 1:
+        # Workers with fewer examples in their files wrap around rather than stall the others.
+        ds = ds.repeat()
+      # Each step takes one batch per local replica. The assertion fails the run, as running
+      # out of data did with an iterator per epoch, instead of starting the next epoch early.
+      batches = (steps_per_epoch - done) * local_replicas
+      parts.append(ds.take(batches).apply(tf.data.experimental.assert_cardinality(batches)))
+    return _chain_epochs(parts)
+  return fn
+
+
+def _nonfinite_loss(run: _Run, state: TrainState, loss) -> NonFiniteLossError:
+  """The error for a NaN/Inf loss of the coming step; nothing is saved."""
+  run.writers.flush()
+  store, steps = run.store, run.store.steps()
+  return NonFiniteLossError(
+      f"The loss is {loss} at step {state.step + 1} (epoch {state.epoch + 1}, batch "
+      f"{state.batch + 1}); stopping without saving. The last good checkpoint is "
+      + _last_good(store)
+      + (f" Its weights are finite but are the ones that gave this loss; the one "
+         f"before it is {store.path(steps[-2]) if len(steps) > 1 else 'none'}."
+         if steps and steps[-1] == state.step else "")
+      + " Lower --learning_rate or check the data.")
 
 
 def _duration(seconds: float) -> str:
@@ -818,9 +680,9 @@ def _chain_epochs(epochs):
   thread (model::Model::OptimizeLoop), which sleeps between optimizations for a period that
   doubles up to 60 s. In TF 2.21 the cancellation can lose that thread's wake-up:
   CancellationManager::StartCancel runs the callback that wakes it before it sets
-  is_cancelled_, and a thread that wakes in between sleeps out its period. Deleting each
-  epoch's iterator so stalled half the demo's epoch starts by 14-40 s, at 0% CPU (measured:
-  BUILD_NOTES.md, "One training iterator for the whole run").
+  is_cancelled_, and a thread that wakes in between sleeps out its period, idle. Deleting
+  each epoch's iterator so stalled half the demo's epoch starts (the figures: BUILD_NOTES.md,
+  "One training iterator for the whole run").
   """
   if len(epochs) == 1:
     return epochs[0]
@@ -835,13 +697,8 @@ def _log_window(writers, window, timed_steps, start, step, epoch, batch, steps_p
   n = steps * global_batch
   seconds = time.perf_counter() - start
   images_per_second = timed_steps * global_batch / seconds if timed_steps else None
-  with writers.train.as_default(step=step):
-    tf.summary.scalar("loss", loss_sum / n)
-    tf.summary.scalar("top1_error", 1 - top1 / n)
-    tf.summary.scalar("top5_error", 1 - top5 / n)
-    tf.summary.scalar("learning_rate", lr)
-    if images_per_second:
-      tf.summary.scalar("images_per_second", images_per_second)
+  summaries.train_scalars(writers, step, loss_sum / n, 1 - top1 / n, 1 - top5 / n, lr,
+                          images_per_second)
   if chief:
     # ETA: the steps left at the rate since the last log line (validation not included).
     eta = (_duration(steps_left * seconds / timed_steps) if timed_steps and steps_left
@@ -850,24 +707,3 @@ def _log_window(writers, window, timed_steps, start, step, epoch, batch, steps_p
                  "lr %g, %s images/s, ETA %s (%d steps left)", step, epoch + 1, batch,
                  steps_per_epoch, loss_sum / n, 1 - top1 / n, 1 - top5 / n, lr,
                  f"{images_per_second:.1f}" if images_per_second else "-", eta, steps_left)
-
-
-def _summarize_inputs(writers, strategy, images, stats, augment, seed, step):
-  """A few inputs of the coming step, augmented as replica 0 will augment them."""
-  local = strategy.experimental_local_results(images)[0][:SUMMARY_IMAGES]
-  crops = preprocessing.augment(local, stats, augment,
-                                _step_seed(seed, step, 0, _AUGMENT_STREAM))
-  with writers.train.as_default(step=step):
-    tf.summary.image("augmented_inputs", _display(crops), max_outputs=SUMMARY_IMAGES)
-
-
-def _summarize_epoch(writers, model, val, step, images):
-  with writers.validation.as_default(step=step):
-    for key in ("loss", "top1_error", "top5_error"):
-      if key in val:
-        tf.summary.scalar(key, val[key])
-  if images:
-    conv1 = model.get_layer("conv1").kernel
-    with writers.train.as_default(step=step):
-      tf.summary.image("conv1_kernels", kernel_grid(np.asarray(conv1)))
-  writers.flush()

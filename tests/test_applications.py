@@ -7,8 +7,8 @@ import pytest
 import keras
 
 from keras_alexnet import applications
-from keras_alexnet import checkpointing
 from keras_alexnet import convert
+from keras_alexnet import workdir as workdir_lib
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +54,9 @@ def test_caffes_mean_image_by_flag(kind, caffe_npy, tmp_path):
     path.write_bytes(blob.SerializeToString())
   workdir = str(tmp_path / "wd")
   convert.convert(caffe_npy, workdir, mean_file=str(path))
-  stats = checkpointing.load_statistics(workdir)
+  stats = workdir_lib.load_statistics(workdir)
   np.testing.assert_array_equal(stats.mean_image, mean_bgr[::-1].transpose(1, 2, 0))
-  assert checkpointing.read_metadata(workdir)["augment"]["mean"] == "per_pixel"
+  assert workdir_lib.read_metadata(workdir)["augment"]["mean"] == "per_pixel"
   bad = tmp_path / "bad.npy"
   np.save(bad, np.zeros((256, 256, 3), np.float32))
   with pytest.raises(convert.ConversionError, match=r"BGR mean of shape \(3, 256, 256\)"):
@@ -95,7 +95,7 @@ def test_trunk_takes_any_size_without_an_input_shape():
 
 
 def test_pretrained_weights_are_the_converted_net(caffe_workdir):
-  source, _ = checkpointing.load_model(caffe_workdir)
+  source, _ = workdir_lib.load_model(caffe_workdir)
   x = applications.preprocess_input(
       np.random.default_rng(0).uniform(0, 255, (2, 227, 227, 3)), flavour="caffe")
   model = applications.AlexNet(weights=caffe_workdir, flavour="caffe")

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
 from keras_alexnet import data_sources
 from keras_alexnet import dataset_info
 from keras_alexnet import export
 from keras_alexnet import model as model_lib
 from keras_alexnet import preprocessing
+from keras_alexnet import workdir as workdir_lib
 from keras_alexnet.model import alexnet
 
 
@@ -90,14 +90,14 @@ def test_conv6_export_serves_the_models_probabilities(tmp_path):
 
 def test_conv6_round_trips_through_config_json():
   config = model_lib.ModelConfig(num_classes=3, conv6=True)
-  fields = checkpointing.model_config_to_json(config)
+  fields = workdir_lib.model_config_to_json(config)
   assert fields["conv6"] is True
-  assert checkpointing.model_config_from_json(fields) == config
+  assert workdir_lib.model_config_from_json(fields) == config
   # A workdir written before conv6 existed has no such field: the paper net.
   del fields["conv6"]
-  assert checkpointing.model_config_from_json(fields).conv6 is False
+  assert workdir_lib.model_config_from_json(fields).conv6 is False
   # The tiny test net follows --conv6 too (quick pre-train / fine-tune tests).
-  tiny = checkpointing.build_model(config, tiny=True)
+  tiny = workdir_lib.build_model(config, tiny=True)
   assert "conv6" in [layer.name for layer in tiny.layers]
 
 

@@ -25,8 +25,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 import torch.nn.functional as F  # noqa: E402
 
-from keras_alexnet import checkpointing  # noqa: E402
 from keras_alexnet import convert  # noqa: E402
+from keras_alexnet import workdir as workdir_lib  # noqa: E402
 from tiny_data import child_env, encode, photo  # noqa: E402  tests/tiny_data.py
 
 ENV = child_env()
@@ -345,7 +345,7 @@ def image():
 
 def converted_model(path, workdir):
   result = convert.convert(str(path), str(workdir))
-  model, metadata = checkpointing.load_model(str(workdir))
+  model, metadata = workdir_lib.load_model(str(workdir))
   return result, model, metadata
 
 
@@ -573,7 +573,7 @@ def test_converted_net_fine_tunes_one_step(caffe_params, files, tmp_path):
   run_dir = str(tmp_path / "finetune")
   result = training.train_and_evaluate(config, run_dir)
   assert result["step"] == 1 and np.isfinite(result["validation"]["loss"])
-  model, metadata = checkpointing.load_model(run_dir, "latest")
+  model, metadata = workdir_lib.load_model(run_dir, "latest")
   # The source's architecture, on the trainer's 224 crops (Caffe's ceil pooling reaches 6x6).
   kept = metadata["model_config"]
   assert (kept["bgr"], kept["lrn_bias"], kept["lrn_towers"], kept["ceil_pooling"],

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
 from keras_alexnet import data_sources
 from keras_alexnet import dataset as dataset_lib
 from keras_alexnet import evaluate
 from keras_alexnet import preprocessing
+from keras_alexnet import workdir as workdir_lib
 import tiny_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,8 +73,8 @@ def _expected(data_dir, workdirs):
   images, labels = np.concatenate(images), np.concatenate(labels)
   probs = {"center": [], "ten": []}
   for workdir in workdirs:
-    model, _ = checkpointing.load_model(workdir)
-    stats = checkpointing.load_statistics(workdir)
+    model, _ = workdir_lib.load_model(workdir)
+    stats = workdir_lib.load_statistics(workdir)
     probs["center"].append(tf.nn.softmax(model(preprocessing.center_crop(images, stats))).numpy())
     views = preprocessing.ten_views(images, stats)
     per_view = [tf.nn.softmax(model(views[:, v])).numpy() for v in range(10)]
@@ -105,7 +105,7 @@ def test_evaluate_workdirs_and_their_ensemble(runs, tmp_path):
 
 def test_command_line_on_a_checkpoint(runs, tmp_path):
   data_dir, workdirs = runs
-  prefix = checkpointing.CheckpointStore(workdirs[0]).prefix(1)
+  prefix = workdir_lib.CheckpointStore(workdirs[0]).prefix(1)
   output = str(tmp_path / "out.json")
   process = subprocess.run(
       [sys.executable, "-m", "keras_alexnet.evaluate", f"--checkpoint={prefix}", "--views=center",

@@ -437,7 +437,7 @@ def validation_examples(data_dir):
 
 
 def test_export_command_on_a_trained_workdir_agrees_with_evaluate(trained, tmp_path):
-  from keras_alexnet import checkpointing  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from keras_alexnet import config as config_lib  # pylint: disable=g-import-not-at-top
   from keras_alexnet import evaluate  # pylint: disable=g-import-not-at-top
   workdir, data_dir = trained
@@ -453,8 +453,8 @@ def test_export_command_on_a_trained_workdir_agrees_with_evaluate(trained, tmp_p
   # Per image: the export equals the checkpoint under evaluate's centre-crop preprocessing
   # (the workdir's statistics and mean).
   image_bytes, labels = validation_examples(data_dir)
-  model, metadata = checkpointing.load_model(workdir)
-  stats = checkpointing.load_statistics(workdir)
+  model, metadata = workdir_lib.load_model(workdir)
+  stats = workdir_lib.load_statistics(workdir)
   expected = keras_probabilities(model, preprocessing.center_crop(
       tf.stack([decoding.decode_to_stored(b) for b in image_bytes]), stats,
       metadata["augment"]["mean"]))

@@ -9,10 +9,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from keras_alexnet import checkpointing
 from keras_alexnet import dataset_info
 from keras_alexnet import extract
 from keras_alexnet import model as model_lib
+from keras_alexnet import workdir as workdir_lib
 import tiny_data
 
 
@@ -51,8 +51,8 @@ def test_extract_command_writes_the_layers_output(run, tmp_path):
     assert str(z["layer"]) == "pool2"
     features = z["features"]
   # Independently: the centre 224 crop minus the run's mean, through the model's own layers.
-  model, _ = checkpointing.load_model(run)
-  stats = checkpointing.load_statistics(run)
+  model, _ = workdir_lib.load_model(run)
+  stats = workdir_lib.load_statistics(run)
   pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(paths)])
   mean = (stats.mean_rgb if stats.mean_image is None       # tiny_data has no mean image
           else stats.mean_image[16:240, 16:240])

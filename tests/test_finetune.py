@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
 from keras_alexnet import data_sources
 from keras_alexnet import files
+from keras_alexnet import finetune
 from keras_alexnet import model as model_lib
 from keras_alexnet import preprocessing
 from keras_alexnet import training
+from keras_alexnet import workdir as workdir_lib
 import tiny_data
 
 FROZEN = ("conv1", "conv2_a", "conv2_b", "conv3")   # Before --trainable_from=conv4.
@@ -24,13 +25,13 @@ def _paper_workdir(workdir, num_classes, seed, **model):
   """A workdir holding one checkpoint of the untrained paper net, as train saves it."""
   config = model_lib.ModelConfig(num_classes=num_classes, **model)
   keras.utils.set_random_seed(seed)
-  net = checkpointing.build_model(config)
+  net = workdir_lib.build_model(config)
   os.makedirs(workdir)
-  files.write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), {
-      "model_config": checkpointing.model_config_to_json(config), "tiny_model": False,
+  files.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE), {
+      "model_config": workdir_lib.model_config_to_json(config), "tiny_model": False,
       "num_classes": num_classes})
-  checkpointing.CheckpointStore(workdir).save(
-      tf.train.Checkpoint(model=checkpointing.checkpointed_variables(net)), 1, {"step": 1})
+  workdir_lib.CheckpointStore(workdir).save(
+      tf.train.Checkpoint(model=workdir_lib.checkpointed_variables(net)), 1, {"step": 1})
   return workdir, {layer.name: [w.numpy() for w in layer.weights] for layer in net.layers
                    if layer.weights}
 
@@ -70,9 +71,9 @@ def _equal(a, b):
 def test_load_init_weights_keeps_every_layer_but_fc8(imagenet_run):
   workdir, source = imagenet_run
   keras.utils.set_random_seed(7)
-  model = checkpointing.build_model(model_lib.ModelConfig(num_classes=5))
+  model = workdir_lib.build_model(model_lib.ModelConfig(num_classes=5))
   fresh_fc8 = [w.numpy() for w in model.get_layer("fc8").weights]
-  report = checkpointing.load_init_weights(model, workdir)
+  report = finetune.load_init_weights(model, workdir)
   assert report["reinitialised"] == ["fc8"]
   assert report["loaded"] == [n for n in source if n != "fc8"]
   loaded = _weights(model)
@@ -88,7 +89,7 @@ def test_finetune_trains_the_top_and_leaves_frozen_layers_alone(imagenet_run, da
   config = _config(data_dir, init_checkpoint=workdir, trainable_from="conv4")
   result = training.train_and_evaluate(config, run)
   assert result["step"] == 2 and np.isfinite(result["validation"]["loss"])
-  model, metadata = checkpointing.load_model(run, "latest")
+  model, metadata = workdir_lib.load_model(run, "latest")
   assert metadata["num_classes"] == 5
   after = _weights(model)
   for name in FROZEN:
@@ -101,7 +102,7 @@ def test_finetune_trains_the_top_and_leaves_frozen_layers_alone(imagenet_run, da
   assert not _equal(other_weights["conv1"], source["conv1"])
   config = _config(data_dir, init_checkpoint=other, trainable_from="conv4", epochs=2)
   assert training.train_and_evaluate(config, run)["step"] == 4
-  resumed = _weights(checkpointing.load_model(run, "latest")[0])
+  resumed = _weights(workdir_lib.load_model(run, "latest")[0])
   for name in FROZEN:
     assert _equal(resumed[name], source[name]), name
 

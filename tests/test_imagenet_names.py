@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_alexnet import checkpointing
 from keras_alexnet import data as ilsvrc
 from keras_alexnet import data_sources
 from keras_alexnet import dataset_info
@@ -23,6 +22,7 @@ from keras_alexnet import export
 from keras_alexnet import features
 from keras_alexnet import files
 from keras_alexnet import training
+from keras_alexnet import workdir as workdir_lib
 import tiny_data
 from test_training import _config  # pylint: disable=g-bad-import-order
 
@@ -98,7 +98,7 @@ def test_a_model_trained_on_tfds_imagenet_predicts_wordnet_names(tmp_path):
   workdir = str(tmp_path / "run")
   training.train_and_evaluate(_config(data_dir, epochs=1, steps_per_epoch=2, eval_steps=1,
                                       summary_images=False), workdir)
-  assert checkpointing.read_metadata(workdir)["classes"] == CLASSES
+  assert workdir_lib.read_metadata(workdir)["classes"] == CLASSES
   base = export.export_from_workdir(export.ExportConfig(
       workdir=workdir, export_dir=str(tmp_path / "serving"), warmup=False))
   image = tmp_path / "photo.jpg"

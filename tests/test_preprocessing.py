@@ -12,7 +12,6 @@ import tensorflow as tf
 
 from keras_alexnet import dataset_info
 from keras_alexnet import decoding
-from keras_alexnet import model as model_lib
 from keras_alexnet import preprocessing as pp
 from test_decoding import encode
 from test_decoding import smooth_image

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
 from keras_alexnet import data_sources
 from keras_alexnet import dataset as dataset_lib
@@ -22,6 +21,7 @@ from keras_alexnet import evaluate
 from keras_alexnet import files
 from keras_alexnet import model as model_lib
 from keras_alexnet import preprocessing
+from keras_alexnet import workdir as workdir_lib
 import tiny_data
 
 REPO = tiny_data.REPO
@@ -94,7 +94,7 @@ def test_pretrain_conv6_on_fall2011_then_finetune(tmp_path):
            "--epochs=1", "--steps_per_epoch=2", "--eval_steps=1", "--nosummary_images"]
   pretrained = tmp_path / "fall11-conv6"
   _run(["keras_alexnet.train", *small, f"--data_dir={shards}", f"--workdir={pretrained}"])
-  source, meta = checkpointing.load_model(str(pretrained), "latest")
+  source, meta = workdir_lib.load_model(str(pretrained), "latest")
   assert meta["model_config"]["conv6"] and meta["num_classes"] == 6
   assert source.get_layer("fc8").kernel.shape == (4096, 6)
 
@@ -103,7 +103,7 @@ def test_pretrain_conv6_on_fall2011_then_finetune(tmp_path):
   finetuned = tmp_path / "fall11-conv6-ft"
   _run(["keras_alexnet.train", *small, f"--init_checkpoint={pretrained}", "--seed=1",
         f"--data_dir={target}", f"--workdir={finetuned}"])
-  model, meta = checkpointing.load_model(str(finetuned), "latest")
+  model, meta = workdir_lib.load_model(str(finetuned), "latest")
   assert meta["num_classes"] == 4 and model.get_layer("fc8").kernel.shape == (4096, 4)
   with open(finetuned / "flags.txt") as f:
     assert f"--init_checkpoint={pretrained}" in f.read()
@@ -120,18 +120,18 @@ def _workdir(workdir, data_dir, conv6, seed, classes=None):
   info = dataset_info.read(data_dir)
   config = model_lib.ModelConfig(num_classes=info["num_classes"], dropout=0.0, conv6=conv6)
   keras.utils.set_random_seed(seed)
-  model = checkpointing.build_model(config, tiny=True)
+  model = workdir_lib.build_model(config, tiny=True)
   # Larger weights than the init's, so that the members disagree and the softmax is not flat.
   for w in model.trainable_weights:
     w.assign(w * 30.0)
   os.makedirs(workdir)
-  files.write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), {
-      "model_config": checkpointing.model_config_to_json(config), "tiny_model": True,
+  files.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE), {
+      "model_config": workdir_lib.model_config_to_json(config), "tiny_model": True,
       "num_classes": config.num_classes, "classes": classes or info["classes"],
       "data_dir": data_dir, "data": {"label_offset": 0}, "augment": {"mean": "per_pixel"}})
-  checkpointing.save_statistics(workdir, dataset_info.statistics_from_dataset_info(data_dir))
-  checkpointing.CheckpointStore(workdir).save(
-      tf.train.Checkpoint(model=checkpointing.checkpointed_variables(model)), 1, {"step": 1})
+  workdir_lib.save_statistics(workdir, dataset_info.statistics_from_dataset_info(data_dir))
+  workdir_lib.CheckpointStore(workdir).save(
+      tf.train.Checkpoint(model=workdir_lib.checkpointed_variables(model)), 1, {"step": 1})
   return workdir
 
 
@@ -146,8 +146,8 @@ def test_mixed_ensemble_is_the_mean_of_its_members_softmax(tmp_path):
   # The same, by hand: each member's softmax over the validation split, averaged.
   probabilities, labels = [], None
   for path in members:
-    model, _ = checkpointing.load_model(path)
-    stats = checkpointing.load_statistics(path)
+    model, _ = workdir_lib.load_model(path)
+    stats = workdir_lib.load_statistics(path)
     rows, labels = [], []
     for images, batch_labels in dataset_lib.create_split(data_sources.DataConfig(data_dir),
                                                          train=False, batch_size=16):

@@ -10,10 +10,10 @@ import sys
 import pytest
 import tensorflow as tf
 
-from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
 from keras_alexnet import distribute
 from keras_alexnet import training
+from keras_alexnet import workdir as workdir_lib
 import tiny_data
 from test_training import _config  # pylint: disable=g-bad-import-order
 
@@ -21,29 +21,29 @@ GPUS = [f"/device:GPU:{i}" for i in range(8)]
 
 
 def test_the_rule_counts_gpus_then_logical_cpus():
-  assert training.auto_strategy(GPUS[:2], ["/device:CPU:0"])[:2] == ("two_tower", GPUS[:2])
-  assert training.auto_strategy(GPUS, ["/device:CPU:0"])[:2] == ("mirrored", GPUS)
-  assert training.auto_strategy(GPUS[:3], ["/device:CPU:0"])[:2] == ("mirrored", GPUS[:3])
-  assert training.auto_strategy(GPUS[:1], ["/device:CPU:0", "/device:CPU:1"])[:2] == (
+  assert distribute.auto_strategy(GPUS[:2], ["/device:CPU:0"])[:2] == ("two_tower", GPUS[:2])
+  assert distribute.auto_strategy(GPUS, ["/device:CPU:0"])[:2] == ("mirrored", GPUS)
+  assert distribute.auto_strategy(GPUS[:3], ["/device:CPU:0"])[:2] == ("mirrored", GPUS[:3])
+  assert distribute.auto_strategy(GPUS[:1], ["/device:CPU:0", "/device:CPU:1"])[:2] == (
       "one_device", GPUS[:1])   # GPUs win: split CPUs are not counted beside them
   # Two GPUs but a net without towers (--tiny_model, --variant=one_tower): mirrored.
-  name, devices, why = training.auto_strategy(GPUS[:2], [], paper_net=False)
+  name, devices, why = distribute.auto_strategy(GPUS[:2], [], paper_net=False)
   assert name == "mirrored" and "two_tower needs the paper's two-tower net" in why
   # No GPU: a plain CPU is one device; --num_cpu_devices=N makes N, counted as GPUs are.
-  name, devices, why = training.auto_strategy([], ["/device:CPU:0"])
+  name, devices, why = distribute.auto_strategy([], ["/device:CPU:0"])
   assert (name, devices) == ("one_device", ["/device:CPU:0"])
   assert why == "this machine has no GPU and one CPU device (/device:CPU:0): one replica"
   cpus = ["/device:CPU:0", "/device:CPU:1"]
-  assert training.auto_strategy([], cpus)[:2] == ("two_tower", cpus)
-  assert training.auto_strategy([], cpus + ["/device:CPU:2"])[0] == "mirrored"
+  assert distribute.auto_strategy([], cpus)[:2] == ("two_tower", cpus)
+  assert distribute.auto_strategy([], cpus + ["/device:CPU:2"])[0] == "mirrored"
   # --devices are what is counted.
-  assert training.auto_strategy(GPUS, [], devices=("/gpu:0",))[:2] == ("one_device",
+  assert distribute.auto_strategy(GPUS, [], devices=("/gpu:0",))[:2] == ("one_device",
                                                                       ["/gpu:0"])
 
 
 def test_auto_on_two_logical_cpu_devices_is_two_tower_and_says_so(caplog):
   with caplog.at_level(logging.INFO, logger="absl"):
-    strategy, towers = training.make_strategy(config_lib.TrainConfig(strategy="auto"))
+    strategy, towers = distribute.make_strategy(config_lib.TrainConfig(strategy="auto"))
   assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
   assert [distribute.device_key(d) for d in towers] == ["/cpu:0", "/cpu:1"]
   line = next(r.getMessage() for r in caplog.records if "--strategy=auto" in r.getMessage())
@@ -55,7 +55,7 @@ def test_auto_on_two_logical_cpu_devices_is_two_tower_and_says_so(caplog):
 
 def test_auto_with_the_test_net_on_two_devices_is_mirrored(monkeypatch):
   tiny_data.unique_collective_keys(monkeypatch)
-  strategy, towers = training.make_strategy(
+  strategy, towers = distribute.make_strategy(
       config_lib.TrainConfig(strategy="auto", tiny_model=True))
   assert isinstance(strategy, tf.distribute.MirroredStrategy) and towers is None
   assert strategy.num_replicas_in_sync == 2
@@ -64,7 +64,7 @@ def test_auto_with_the_test_net_on_two_devices_is_mirrored(monkeypatch):
 def test_mirrored_on_one_device_says_it_runs_one_replica(caplog, monkeypatch):
   tiny_data.unique_collective_keys(monkeypatch)
   with caplog.at_level(logging.WARNING, logger="absl"):
-    strategy, _ = training.make_strategy(
+    strategy, _ = distribute.make_strategy(
         config_lib.TrainConfig(strategy="mirrored", devices=("/cpu:0",)))
   assert strategy.num_replicas_in_sync == 1
   assert any("--strategy=mirrored over one device (/cpu:0) runs one replica" in r.getMessage()
@@ -99,8 +99,8 @@ def test_the_papers_recipe_trains_on_a_one_cpu_machine(tmp_path):
   assert ("--strategy=auto chose one_device: this machine has no GPU and one CPU device "
           "(/device:CPU:0): one replica. To force another, pass "
           "--strategy=mirrored|multi_worker|two_tower") in run.stderr
-  assert checkpointing.CheckpointStore(str(workdir)).steps() == [2]
-  metadata = checkpointing.read_metadata(str(workdir))
+  assert workdir_lib.CheckpointStore(str(workdir)).steps() == [2]
+  metadata = workdir_lib.read_metadata(str(workdir))
   assert metadata["model_config"]["variant"] == "paper" and metadata["train"]["replicas"] == 1
   assert "Training complete: 1 epochs, 2 steps" in run.stderr
 

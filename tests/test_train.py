@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_alexnet import checkpointing
+from keras_alexnet import workdir as workdir_lib
 import tiny_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +59,7 @@ def _wait_until(condition, process, timeout=TIMEOUT):
 
 
 def _steps(workdir):
-  return checkpointing.CheckpointStore(workdir).steps()
+  return workdir_lib.CheckpointStore(workdir).steps()
 
 
 def _losses(workdir):
@@ -68,7 +68,7 @@ def _losses(workdir):
 
 
 def _checkpoint_values(workdir, step):
-  reader = tf.train.load_checkpoint(checkpointing.CheckpointStore(workdir).prefix(step))
+  reader = tf.train.load_checkpoint(workdir_lib.CheckpointStore(workdir).prefix(step))
   return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
           if not name.startswith("_CHECKPOINTABLE")}
 
@@ -194,7 +194,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(data_dir, tmp_path):
   assert "The loss is nan at step 2 (epoch 1, batch 2)" in out, out
   assert "last good checkpoint is" in out and "step-00000001" in out
   assert _steps(workdir) == [1]
-  model, _ = checkpointing.load_model(workdir, "latest")
+  model, _ = workdir_lib.load_model(workdir, "latest")
   assert all(np.all(np.isfinite(v.numpy())) for v in model.weights)
 
 
@@ -237,7 +237,7 @@ def test_multi_worker_peer_death_then_restart(data_dir, tmp_path):
   assert elapsed < PEER_EXIT_BOUND
   assert "restart all workers" in out, out
   last = _steps(workdir)[-1]
-  metadata = checkpointing.read_metadata(workdir)
+  metadata = workdir_lib.read_metadata(workdir)
   assert metadata["train"]["replicas"] == 2
 
   # All workers restarted: they resume from the chief's last checkpoint and finish.

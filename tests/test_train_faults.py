@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-from keras_alexnet import checkpointing
 from keras_alexnet import data_sources
 from keras_alexnet import dataset
 from keras_alexnet import dataset_info
 from keras_alexnet import features
 from keras_alexnet import files
+from keras_alexnet import workdir as workdir_lib
 from keras_alexnet import workdir_lock
 import tiny_data
 from test_data_service import launch, lines_until, wait_for_address
@@ -81,7 +81,7 @@ def test_a_zero_byte_shard_fails_at_the_start_naming_it(data_dir, tmp_path):
   assert code == 1, out
   assert f"{empty} is empty (0 bytes)" in out, out
   assert time.monotonic() - started < TIMEOUT
-  assert not os.path.exists(os.path.join(workdir, checkpointing.CHECKPOINT_DIR))
+  assert not os.path.exists(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR))
 
 
 def test_a_shard_whose_size_differs_from_the_recorded_one_is_named(tmp_path):
@@ -110,15 +110,15 @@ def test_a_second_trainer_on_a_workdir_exits_at_once_naming_the_holder(data_dir,
   try:
     lock = os.path.join(workdir, workdir_lock.LOCK_FILE)
     _wait_for(lambda: os.path.exists(lock), first, first_log)
-    _wait_for(lambda: checkpointing.CheckpointStore(workdir).steps(), first, first_log)
-    with open(os.path.join(workdir, checkpointing.CONFIG_FILE)) as f:
+    _wait_for(lambda: workdir_lib.CheckpointStore(workdir).steps(), first, first_log)
+    with open(os.path.join(workdir, workdir_lib.CONFIG_FILE)) as f:
       config_before = f.read()
     code, out = _run(_args(data_dir, workdir, "--epochs=60", "--batch_size=4"),
                      workdir + ".second.log", timeout=120)
     assert code == 1, out
     assert f"in use by another trainer: {lock} is held by pid {first.pid}" in out, out
     assert first.poll() is None
-    with open(os.path.join(workdir, checkpointing.CONFIG_FILE)) as f:
+    with open(os.path.join(workdir, workdir_lib.CONFIG_FILE)) as f:
       assert f.read() == config_before   # the second run touched nothing
   finally:
     first.send_signal(signal.SIGTERM)
@@ -187,7 +187,7 @@ def test_a_dead_service_worker_then_sigterm_and_then_the_timeout(data_dir, tmp_p
     trainer.wait(30)
     assert time.monotonic() - started < 15, _read(log)
     assert trainer.returncode == 128 + signal.SIGTERM, _read(log)
-    saved = checkpointing.CheckpointStore(workdir).steps()
+    saved = workdir_lib.CheckpointStore(workdir).steps()
     assert saved and saved[-1] >= 3, _read(log)
 
     # Resumed with the worker still gone: fails within --data_timeout, saying why.
@@ -212,22 +212,22 @@ def test_a_dead_service_worker_then_sigterm_and_then_the_timeout(data_dir, tmp_p
 def test_errors_from_damaged_workdir_and_data_files_name_the_file(tmp_path):
   data = tiny_data.write_dataset(str(tmp_path / "data"), train=8, validation=4)
   workdir = tiny_data.make_workdir(str(tmp_path / "run"), data)
-  config = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  config = os.path.join(workdir, workdir_lib.CONFIG_FILE)
   with open(config, "w") as f:
     f.write('{"model_config": {')                 # cut short
   with pytest.raises(ValueError, match=f"{config} is not readable run metadata"):
-    checkpointing.read_metadata(workdir)
-  store = checkpointing.CheckpointStore(workdir)
-  best = os.path.join(store.directory, checkpointing.BEST_FILE)
+    workdir_lib.read_metadata(workdir)
+  store = workdir_lib.CheckpointStore(workdir)
+  best = os.path.join(store.directory, workdir_lib.BEST_FILE)
   with open(best, "w") as f:
     f.write("[1, 2")
   with pytest.raises(ValueError, match=f"{best} is not readable"):
     store.best()
-  statistics = os.path.join(workdir, checkpointing.STATISTICS_FILE)
+  statistics = os.path.join(workdir, workdir_lib.STATISTICS_FILE)
   with open(statistics, "r+b") as f:
     f.truncate(100)
   with pytest.raises(ValueError, match=f"{statistics} is not a readable statistics file"):
-    checkpointing.load_statistics(workdir)
+    workdir_lib.load_statistics(workdir)
   mean = os.path.join(data, dataset_info.MEAN_IMAGE_FILENAME)
   with open(mean, "wb") as f:
     f.write(b"\x93NUMPY garbage")
@@ -255,7 +255,7 @@ def test_a_full_disk_under_the_workdir_names_it_and_the_run_goes_on_after(data_d
     code, out = _run(_args(data_dir, workdir, "--checkpoint_every_steps=2"),
                      str(tmp_path / "2.log"))
     assert code == 0, out
-    assert checkpointing.CheckpointStore(workdir).steps()
+    assert workdir_lib.CheckpointStore(workdir).steps()
   finally:
     subprocess.run(["umount", "-l", str(disk)], check=False)
 

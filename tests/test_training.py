@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_alexnet import checkpointing
 from keras_alexnet import config as config_lib
 from keras_alexnet import data_sources
 from keras_alexnet import dataset_info
+from keras_alexnet import distribute
 from keras_alexnet import model as model_lib
 from keras_alexnet import optimizer as optimizer_lib
 from keras_alexnet import preprocessing
+from keras_alexnet import testing
 from keras_alexnet import training
+from keras_alexnet import workdir as workdir_lib
 import tiny_data
 
 NO_AUGMENTATION = preprocessing.AugmentConfig(random_crop=False, mirror=False,
@@ -49,11 +51,11 @@ def test_smoke_run_learns_and_leaves_checkpoints_and_events(data_dir, tmp_path):
   result = training.train_and_evaluate(config, workdir, "--flag=1\n")
   assert result["step"] == 16 and result["epoch"] == 2
 
-  store = checkpointing.CheckpointStore(workdir)
+  store = workdir_lib.CheckpointStore(workdir)
   # The newest 3 (keep_checkpoints), and the best by validation error.
   best = store.best()["step"]
   assert best in (8, 16) and store.steps() == sorted({best, 12, 15, 16})
-  with open(os.path.join(store.path(16), checkpointing.STATE_FILE)) as f:
+  with open(os.path.join(store.path(16), workdir_lib.STATE_FILE)) as f:
     history = json.load(f)["history"]
   val_losses = [h["validation"]["loss"] for h in history]
   assert val_losses[1] < val_losses[0], val_losses
@@ -65,29 +67,29 @@ def test_smoke_run_learns_and_leaves_checkpoints_and_events(data_dir, tmp_path):
     assert tag in train, tag
   validation = tiny_data.read_events(os.path.join(workdir, "tensorboard", "validation"))
   assert sorted(validation["top1_error"]) == [8, 16]
-  with open(os.path.join(workdir, checkpointing.FLAGS_FILE)) as f:
+  with open(os.path.join(workdir, workdir_lib.FLAGS_FILE)) as f:
     assert f.read() == "--flag=1\n"
-  metadata = checkpointing.read_metadata(workdir)
+  metadata = workdir_lib.read_metadata(workdir)
   assert metadata["num_classes"] == 4 and len(metadata["classes"]) == 4
 
 
 def test_initial_model_rebuilds_the_weights_a_run_started_from(data_dir, tmp_path):
   """What the demo's conv1_learned.png subtracts: a run whose steps barely move the weights
-  (rate 1e-12) ends where checkpointing.initial_model says it started."""
+  (rate 1e-12) ends where workdir.initial_model says it started."""
   workdir = str(tmp_path / "run")
   training.train_and_evaluate(_config(data_dir, learning_rate=1e-12, seed=3), workdir)
-  trained, _ = checkpointing.load_model(workdir, "latest")
-  initial = checkpointing.initial_model(workdir)
+  trained, _ = workdir_lib.load_model(workdir, "latest")
+  initial = workdir_lib.initial_model(workdir)
   for a, b in zip(trained.trainable_variables, initial.trainable_variables):
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-7, err_msg=a.path)
   keras.utils.set_random_seed(4)
-  other = checkpointing.build_model(model_lib.ModelConfig(num_classes=4), tiny=True)
+  other = workdir_lib.build_model(model_lib.ModelConfig(num_classes=4), tiny=True)
   assert not np.allclose(other.get_layer("conv1").kernel.numpy(),
                          initial.get_layer("conv1").kernel.numpy(), atol=1e-4)
 
 
 def _final_weights(workdir):
-  model, _ = checkpointing.load_model(workdir, "latest")
+  model, _ = workdir_lib.load_model(workdir, "latest")
   return [v.numpy() for v in model.trainable_variables]
 
 
@@ -102,7 +104,7 @@ def test_mirrored_on_two_devices_equals_one_device(data_dir, tmp_path, monkeypat
         _config(data_dir, model, NO_AUGMENTATION, strategy=strategy, devices=devices,
                 steps_per_epoch=3), workdir)
     runs[strategy]["weights"] = _final_weights(workdir)
-  assert checkpointing.read_metadata(str(tmp_path / "mirrored"))["train"]["replicas"] == 2
+  assert workdir_lib.read_metadata(str(tmp_path / "mirrored"))["train"]["replicas"] == 2
   for a, b in zip(runs["one_device"]["weights"], runs["mirrored"]["weights"]):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(runs["one_device"]["validation"]["loss"],
@@ -112,7 +114,7 @@ def test_mirrored_on_two_devices_equals_one_device(data_dir, tmp_path, monkeypat
 def test_two_tower_step_equals_one_device_step():
   """One training step of the paper's net with tower a on /cpu:0 and tower b on /cpu:1, as
   --strategy=two_tower runs it, equals the same step on one device."""
-  strategy, devices = training.make_strategy(config_lib.TrainConfig(strategy="two_tower"))
+  strategy, devices = distribute.make_strategy(config_lib.TrainConfig(strategy="two_tower"))
   assert devices == ("/device:CPU:0", "/device:CPU:1")
   rng = np.random.default_rng(0)
   images = tf.constant(rng.integers(0, 256, (2, 256, 256, 3)), tf.uint8)
@@ -181,19 +183,7 @@ def test_bad_input_fails_before_touching_the_workdir(data_dir, tmp_path, monkeyp
   assert training.train_and_evaluate(fresh, workdir)["step"] == 1
   previous = [n for n in os.listdir(workdir) if n.startswith("previous-")]
   assert len(previous) == 1
-  assert checkpointing.CheckpointStore(os.path.join(workdir, previous[0])).steps() == [1]
-
-
-def test_kernel_grid_is_figure_3_layout():
-  kernels = np.random.default_rng(0).normal(size=(11, 11, 3, 96)).astype(np.float32)
-  grid = training.kernel_grid(kernels)
-  zoom = training.KERNEL_ZOOM
-  assert grid.shape == (1, (8 * 12 + 1) * zoom, (12 * 12 + 1) * zoom, 3)
-  assert grid.min() >= 0 and grid.max() <= 1
-  # Kernel 13 (row 1, column 1) sits at pixel (1 + 12, 1 + 12), scaled by its own max |w|.
-  k = kernels[..., 13]
-  np.testing.assert_allclose(grid[0, 13 * zoom, 13 * zoom], 0.5 + 0.5 * k[0, 0] / np.abs(k).max(),
-                             rtol=1e-6)
+  assert workdir_lib.CheckpointStore(os.path.join(workdir, previous[0])).steps() == [1]
 
 
 @pytest.mark.parametrize("precision, xla", [("mixed_float16", True), ("mixed_bfloat16", False)])
@@ -204,7 +194,7 @@ def test_mixed_precision_and_xla_steps(precision, xla):
   try:
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     with strategy.scope():
-      model = checkpointing.tiny_model(4)
+      model = testing.tiny_model(4)
       opt = optimizer_lib.PaperSGD(0.01)
       if precision == "mixed_float16":
         opt = keras.optimizers.LossScaleOptimizer(opt)
@@ -222,3 +212,32 @@ def test_mixed_precision_and_xla_steps(precision, xla):
   assert kernel.dtype == "float32" and not np.array_equal(kernel.numpy(), before)
   if precision == "mixed_float16":
     assert float(opt.dynamic_scale.numpy()) > 1
+
+
+def test_train_state_round_trips_through_state_json_and_reads_older_ones():
+  schedule = optimizer_lib.make_schedule(optimizer_lib.ScheduleConfig(kind="plateau"), 0.01)
+  schedule.update(0, 0.5)
+  schedule.update(1, 0.6)   # One epoch without improvement.
+  state = training.TrainState(schedule, step=12, epoch=2, batch=3, best_top1_error=0.5,
+                              history=[{"epoch": 1}, {"epoch": 2}], earlier_seconds=7.0)
+  saved = json.loads(json.dumps(state.to_json(steps_per_epoch=5, batch_size=8,
+                                              learning_rate=0.01)))
+  assert sorted(saved) == ["batch", "batch_size", "best_top1_error", "epoch", "history",
+                           "learning_rate", "schedule", "step", "steps_per_epoch",
+                           "train_seconds"]
+  assert saved["train_seconds"] >= 7.0
+  fresh = optimizer_lib.make_schedule(optimizer_lib.ScheduleConfig(kind="plateau"), 0.01)
+  restored = training.TrainState.from_json(saved, fresh)
+  assert (restored.step, restored.epoch, restored.batch) == (12, 2, 3)
+  assert restored.best_top1_error == 0.5 and restored.history == state.history
+  assert restored.saved_seconds == restored.earlier_seconds == saved["train_seconds"]
+  assert fresh.state() == schedule.state()
+  # A state.json of the first releases had neither history nor train_seconds.
+  old = {k: v for k, v in saved.items() if k not in ("history", "train_seconds")}
+  restored = training.TrainState.from_json(old, optimizer_lib.make_schedule(
+      optimizer_lib.ScheduleConfig(kind="plateau"), 0.01))
+  assert restored.history == [] and restored.saved_seconds == 0.0 and restored.step == 12
+  # Another schedule kind than the run's is refused, not silently mixed.
+  with pytest.raises(ValueError, match="another --lr_schedule"):
+    training.TrainState.from_json(saved, optimizer_lib.make_schedule(
+        optimizer_lib.ScheduleConfig(kind="step"), 0.01))

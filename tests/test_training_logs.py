@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from keras_alexnet import checkpointing
 from keras_alexnet import optimizer as optimizer_lib
 from keras_alexnet import training
+from keras_alexnet import workdir as workdir_lib
 import tiny_data
 from test_training import _config  # pylint: disable=g-bad-import-order
 
@@ -45,8 +45,8 @@ def test_eta_epoch_times_closing_summary_and_a_complete_rerun(data_dir, tmp_path
                         r"\d+\.\d s\)", log)) == 2, log
 
   # The summary agrees with the run's own record of its epochs and its best checkpoint.
-  store = checkpointing.CheckpointStore(workdir)
-  with open(os.path.join(store.path(8), checkpointing.STATE_FILE)) as f:
+  store = workdir_lib.CheckpointStore(workdir)
+  with open(os.path.join(store.path(8), workdir_lib.STATE_FILE)) as f:
     state = json.load(f)
   best = min(state["history"], key=lambda h: h["validation"]["top1_error"])
   assert store.best()["step"] == best["step"]
@@ -78,8 +78,8 @@ def test_the_plateau_schedule_leaves_the_rate_alone_after_the_last_epoch(data_di
     training.train_and_evaluate(_config(data_dir, epochs=epochs, steps_per_epoch=2,
                                         learning_rate=lr, schedule=schedule,
                                         summary_images=False), workdir)
-    store = checkpointing.CheckpointStore(workdir)
-    with open(os.path.join(store.path(store.steps()[-1]), checkpointing.STATE_FILE)) as f:
+    store = workdir_lib.CheckpointStore(workdir)
+    with open(os.path.join(store.path(store.steps()[-1]), workdir_lib.STATE_FILE)) as f:
       results[epochs] = json.load(f)
   three, two = results[3], results[2]
   errors = [h["validation"]["top1_error"] for h in three["history"]]

@@ -81,20 +81,20 @@ def make_workdir(workdir: str, data_dir: str, seed: int = 0) -> str:
   """A training workdir as train leaves it (config.json, statistics.npz, one checkpoint) for
   the --tiny_model net with weights drawn from `seed`, over the classes of data_dir."""
   import keras   # pylint: disable=g-import-not-at-top
-  from keras_alexnet import checkpointing   # pylint: disable=g-import-not-at-top
+  from keras_alexnet import workdir as workdir_lib   # pylint: disable=g-import-not-at-top
   from keras_alexnet import model as model_lib   # pylint: disable=g-import-not-at-top
   info = dataset_info.read(data_dir)
   config = model_lib.ModelConfig(num_classes=info["num_classes"], dropout=0.0)
   keras.utils.set_random_seed(seed)
-  model = checkpointing.build_model(config, tiny=True)
+  model = workdir_lib.build_model(config, tiny=True)
   os.makedirs(workdir, exist_ok=True)
-  files.write_json(os.path.join(workdir, checkpointing.CONFIG_FILE), {
-      "model_config": checkpointing.model_config_to_json(config), "tiny_model": True,
+  files.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE), {
+      "model_config": workdir_lib.model_config_to_json(config), "tiny_model": True,
       "num_classes": config.num_classes, "classes": info["classes"], "data_dir": data_dir,
       "data": {"label_offset": 0}, "augment": {"mean": "per_pixel"}})
-  checkpointing.save_statistics(workdir, dataset_info.statistics_from_dataset_info(data_dir))
-  checkpointing.CheckpointStore(workdir).save(
-      tf.train.Checkpoint(model=checkpointing.checkpointed_variables(model)), 1, {"step": 1})
+  workdir_lib.save_statistics(workdir, dataset_info.statistics_from_dataset_info(data_dir))
+  workdir_lib.CheckpointStore(workdir).save(
+      tf.train.Checkpoint(model=workdir_lib.checkpointed_variables(model)), 1, {"step": 1})
   return workdir
 
 

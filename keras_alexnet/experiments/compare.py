@@ -146,19 +146,19 @@ def train_all(config: CompareConfig) -> List[Tuple[str, str, str, float]]:
 
 def read_result(name: str, flagfile: str, workdir: str, seconds: float) -> Result:
   """The per-epoch validation results of a finished workdir, and its model's size."""
-  from keras_alexnet import checkpointing  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from keras_alexnet import model as model_lib  # pylint: disable=g-import-not-at-top
-  store = checkpointing.CheckpointStore(workdir)
+  store = workdir_lib.CheckpointStore(workdir)
   steps = store.steps()
   if not steps:
     raise FileNotFoundError(f"{workdir} holds no checkpoint: the run {name} ({flagfile}) "
                             "saved nothing.")
-  with open(os.path.join(store.path(steps[-1]), checkpointing.STATE_FILE)) as f:
+  with open(os.path.join(store.path(steps[-1]), workdir_lib.STATE_FILE)) as f:
     state = json.load(f)
-  metadata = checkpointing.read_metadata(workdir)
-  model_config = checkpointing.model_config_from_json(metadata["model_config"])
+  metadata = workdir_lib.read_metadata(workdir)
+  model_config = workdir_lib.model_config_from_json(metadata["model_config"])
   tiny = bool(metadata.get("tiny_model", False))
-  net = checkpointing.build_model(model_config, tiny=tiny)
+  net = workdir_lib.build_model(model_config, tiny=tiny)
   result = Result(name, flagfile, workdir, seconds, state.get("history", []),
                   int(net.count_params()), model_lib.flops_per_image(net), tiny)
   del net

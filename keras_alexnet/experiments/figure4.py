@@ -123,7 +123,7 @@ def figure4(workdir: str, data_dir: Optional[str], output_dir: str, split: str =
             progress: bool = True, plot: bool = True) -> dict:
   """Computes Figure 4 and writes its PNGs and figure4.json into output_dir; returns the
   results (what the JSON holds, plus "output")."""
-  from keras_alexnet import checkpointing  # pylint: disable=g-import-not-at-top
+  from keras_alexnet import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   for name, value, low in (("num_images", num_images, 1), ("num_queries", num_queries, 0),
                            ("draw_queries", draw_queries, 1), ("neighbours", neighbours, 1),
                            ("chunk_size", chunk_size, 1)):
@@ -132,9 +132,9 @@ def figure4(workdir: str, data_dir: Optional[str], output_dir: str, split: str =
   if split not in ("validation", "test"):
     raise errors.invalid("--split", split, "validation or test")
   plt = experiments.require_matplotlib() if plot else None
-  model, metadata = checkpointing.load_model(workdir, which)
+  model, metadata = workdir_lib.load_model(workdir, which)
   data_dir = data_dir or metadata["data_dir"]
-  stats = checkpointing.load_statistics(metadata["workdir"])
+  stats = workdir_lib.load_statistics(metadata["workdir"])
   mean = metadata.get("augment", {}).get("mean", "per_pixel")
   label_offset = (metadata.get("data") or {}).get("label_offset") or 0
   fc7 = extract.layer_model(model, FEATURE_LAYER if FEATURE_LAYER in

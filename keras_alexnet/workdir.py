@@ -1,4 +1,5 @@
-"""The workdir: checkpoints written atomically, the run's metadata, and `load_model`.
+"""The workdir of a training run: its layout, the run's metadata, the statistics it trained
+with, the checkpoint store, and the model it describes (`load_model`).
 
 A workdir holds
 
@@ -9,12 +10,16 @@ A workdir holds
   checkpoints/step-00001234/{ckpt.index, ckpt.data-*, state.json}
   checkpoints/best.json   which step had the lowest validation error
   tensorboard/{train,validation}/
+  train.lock         while a trainer runs (keras_alexnet.workdir_lock)
 
 A checkpoint is written into checkpoints/.tmp-step-*, then renamed into place, so a directory
 named step-* is always complete: a process killed while writing leaves only a .tmp-* folder,
 removed at the next start, and the last good checkpoint loads. Should a checkpoint still fail to
 load (a disk error, a copy cut short), the next older one is used, with a warning; a run never
 restarts from step 0 while the workdir holds checkpoints.
+
+Imports the model (and the test-only tiny net of keras_alexnet.testing), the preprocessing's
+Statistics, keras_alexnet.files and errors; never the trainer.
 """
 
 import dataclasses
@@ -23,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import zipfile
 from typing import Optional
 
@@ -32,15 +38,17 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import dataset_info
-from keras_alexnet import decoding
+from keras_alexnet import errors
 from keras_alexnet import files
 from keras_alexnet import model as model_lib
+from keras_alexnet import testing
 
 CONFIG_FILE = "config.json"
 FLAGS_FILE = "flags.txt"
 STATISTICS_FILE = "statistics.npz"
 CHECKPOINT_DIR = "checkpoints"
 BEST_FILE = "best.json"
+TENSORBOARD_DIR = "tensorboard"
 STATE_FILE = "state.json"
 PREFIX = "ckpt"
 _STEP_RE = re.compile(r"^step-(\d{8,})$")
@@ -53,32 +61,10 @@ _TMP_RE = re.compile(r"^\.tmp-(?:step-\d{8,}|worker\d+)-[A-Za-z0-9_]+$")
 # The model a run describes.
 
 
-def tiny_model(num_classes: int, dropout: float = 0.0, conv6: bool = False) -> keras.Model:
-  """Tests only (--tiny_model): two small conv layers and a classifier on the same 224x224
-  input, so that tests of checkpoints, resumption and strategies run in seconds. Layer names
-  are fixed so that checkpoints match across processes. conv6 adds a third conv layer of that
-  name, so --conv6 runs (pre-training, then fine-tuning) can be exercised quickly too."""
-  # The paper's N(0, 0.01) init suits inputs on the 0..255 scale, as AlexNet's does.
-  init = keras.initializers.RandomNormal(stddev=model_lib.INIT_STDDEV)
-  inputs = keras.Input((decoding.IMAGE_SIZE, decoding.IMAGE_SIZE, 3), name="images")
-  x = keras.layers.Conv2D(8, 11, strides=8, activation="relu", kernel_initializer=init,
-                          name="conv1")(inputs)
-  x = keras.layers.MaxPooling2D(3, strides=3, name="pool1")(x)
-  x = keras.layers.Conv2D(16, 3, activation="relu", kernel_initializer=init, name="conv2")(x)
-  if conv6:
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", kernel_initializer=init,
-                            name="conv6")(x)
-  x = keras.layers.GlobalAveragePooling2D(name="pool2")(x)
-  if dropout:
-    x = keras.layers.Dropout(dropout, name="dropout")(x)
-  outputs = keras.layers.Dense(num_classes, kernel_initializer=init, name="fc")(x)
-  return keras.Model(inputs, outputs, name="tiny")
-
-
 def build_model(model_config: model_lib.ModelConfig, tiny: bool = False) -> keras.Model:
   """AlexNet from `model_config` (logits), or the test-only tiny net."""
   if tiny:
-    return tiny_model(model_config.num_classes, model_config.dropout, model_config.conv6)
+    return testing.tiny_model(model_config.num_classes, model_config.dropout, model_config.conv6)
   return model_lib.alexnet(model_config)
 
 
@@ -139,6 +125,74 @@ def read_metadata(workdir: str) -> dict:
   if not isinstance(metadata, dict):
     raise ValueError(f"{path} must hold a JSON object; found {type(metadata).__name__}.")
   return metadata
+
+
+def run_metadata(config, model_config, data_meta, stats, steps_per_epoch, replicas) -> dict:
+  """config.json of a run (config: a config.Config; replicas: the strategy's number of replicas),
+  in its JSON form (lists, not tuples) so that it compares with a saved one."""
+  return json.loads(json.dumps({
+      "model_config": model_config_to_json(model_config),
+      "tiny_model": config.train.tiny_model,
+      "num_classes": model_config.num_classes,
+      "classes": data_meta.get("classes"),
+      "data_dir": config.data.data_dir,
+      "data": {"format": data_meta.get("format"), "num_examples": data_meta["num_examples"],
+               "label_offset": data_meta.get("label_offset")},
+      "statistics": STATISTICS_FILE,
+      "statistics_source": stats.source,
+      "augment": dataclasses.asdict(config.augment),
+      "train": {**dataclasses.asdict(config.train), "steps_per_epoch": steps_per_epoch,
+                "replicas": replicas,
+                "peak_learning_rate": config.train.peak_learning_rate()},
+  }))
+
+
+def check_same_run(workdir, metadata):
+  """A resumed run must be the run the workdir holds: same model, classes, batch, epoch."""
+  try:
+    old = read_metadata(workdir)
+  except FileNotFoundError:
+    return
+  checks = [("model_config", old.get("model_config"), metadata["model_config"]),
+            ("tiny_model", old.get("tiny_model", False), metadata["tiny_model"]),
+            ("num_classes", old.get("num_classes"), metadata["num_classes"])]
+  for key in ("batch_size", "steps_per_epoch", "seed"):
+    checks.append((key, old.get("train", {}).get(key), metadata["train"][key]))
+  checks.append(("trainable_from", old.get("train", {}).get("trainable_from"),
+                 metadata["train"]["trainable_from"]))
+  checks.append(("lr_schedule", old.get("train", {}).get("schedule", {}).get("kind"),
+                 metadata["train"]["schedule"]["kind"]))
+  for name, was, now in checks:
+    if was != now:
+      raise ValueError(
+          f"{workdir} holds a run with {name}={was!r}, but this run has {name}={now!r}; "
+          "resuming would mix two different runs. Use another --workdir, or --resume=false to "
+          "start afresh here (the old checkpoints are moved aside, not deleted).")
+
+
+def move_aside(workdir):
+  """--resume=false: the previous run's checkpoints and events go to a dated folder."""
+  moved = [n for n in (CHECKPOINT_DIR, TENSORBOARD_DIR)
+           if os.path.exists(os.path.join(workdir, n))]
+  if not moved:
+    return
+  base = os.path.join(workdir, time.strftime("previous-%Y%m%d-%H%M%S"))
+  target, n = base, 1
+  while True:   # Never into (or over) a folder that exists: two restarts in one second.
+    try:
+      os.makedirs(target)
+      break
+    except FileExistsError:
+      n += 1
+      target = f"{base}-{n}"
+  for name in moved:
+    os.replace(os.path.join(workdir, name), os.path.join(target, name))
+  logging.warning("--resume=false: moved the previous run's %s to %s.", " and ".join(moved),
+                  target)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training-set statistics.
 
 
 def save_statistics(workdir: str, stats: dataset_info.Statistics) -> None:
@@ -304,7 +358,7 @@ class CheckpointStore:
 # Loading a trained model.
 
 
-def _resolve(path: str, which: str):
+def resolve(path: str, which: str):
   """(workdir, checkpoint prefix) for a workdir, a step-* folder or a prefix."""
   path = os.path.abspath(path)
   if os.path.exists(os.path.join(path, CONFIG_FILE)):
@@ -322,7 +376,7 @@ def _resolve(path: str, which: str):
       else:
         step = int(best["step"])
     elif which != "latest":
-      raise ValueError(f"which must be 'best' or 'latest'; received {which!r}.")
+      raise errors.invalid("which", which, "'best' or 'latest'")
     return path, store.prefix(step)
   if os.path.isdir(path) and os.path.exists(os.path.join(path, PREFIX + ".index")):
     path = os.path.join(path, PREFIX)
@@ -338,7 +392,7 @@ def _resolve(path: str, which: str):
 
 def checkpoint_prefix(path: str, which: str = "best") -> str:
   """The checkpoint prefix load_model(path, which) would load."""
-  return _resolve(path, which)[1]
+  return resolve(path, which)[1]
 
 
 def load_model(path: str, which: str = "best") -> tuple:
@@ -348,7 +402,7 @@ def load_model(path: str, which: str = "best") -> tuple:
   or a checkpoint prefix .../checkpoints/step-*/ckpt. The metadata is config.json plus
   "workdir" and "checkpoint" (the prefix loaded).
   """
-  workdir, prefix = _resolve(path, which)
+  workdir, prefix = resolve(path, which)
   metadata = read_metadata(workdir)
   model_config = model_config_from_json(metadata["model_config"])
   model = build_model(model_config, tiny=metadata.get("tiny_model", False))
@@ -360,22 +414,6 @@ def load_model(path: str, which: str = "best") -> tuple:
     raise ValueError(f"{prefix} does not match the model described by {workdir}/{CONFIG_FILE}: "
                      f"{str(e).splitlines()[0][:500]}") from e
   return model, {**metadata, "workdir": workdir, "checkpoint": prefix}
-
-
-# The fields of a converted pretrained net (keras_alexnet.convert) that fine-tuning from it keeps:
-# the source's own architecture (LRN constants, padding, pooling, channel order, input scale).
-SOURCE_ARCHITECTURE = ("variant", "lrn", "conv1_padding", "lrn_bias", "lrn_alpha", "lrn_towers",
-                       "ceil_pooling", "bgr", "input_scale")
-
-
-def init_architecture(path: str) -> dict:
-  """{field: value} of SOURCE_ARCHITECTURE when `path` (as for load_model) is a converted
-  pretrained net, {} for a training run (its architecture comes from the flags as always)."""
-  metadata = read_metadata(_resolve(path, "best")[0])
-  if "converted_from" not in metadata:
-    return {}
-  fields = dataclasses.asdict(model_config_from_json(metadata["model_config"]))
-  return {name: fields[name] for name in SOURCE_ARCHITECTURE}
 
 
 def initial_model(path: str) -> keras.Model:
@@ -390,46 +428,3 @@ def initial_model(path: str) -> keras.Model:
   keras.utils.set_random_seed(train.get("seed", 0))
   return build_model(model_config_from_json(metadata["model_config"]),
                      tiny=metadata.get("tiny_model", False))
-
-
-def _layer_weights(model: keras.Model) -> dict:
-  """{layer name: its checkpointed variables} of the layers that have any, in model order."""
-  found = {}
-  for layer in model.layers:
-    weights = [w for w in layer.weights if "seed_generator" not in w.path]
-    if weights:
-      found[layer.name] = weights
-  return found
-
-
-def load_init_weights(model: keras.Model, path: str, which: str = "best") -> dict:
-  """Fine-tuning: copies the weights of a trained run into `model`, layer by layer by name.
-
-  path: as for load_model. The classifier (the model's last layer with weights, fc8) keeps its
-  fresh initialisation when its shape differs (another number of classes); every other layer
-  must exist in both with the same shapes, else ValueError listing the ones that do not, before
-  anything is copied. Returns {"loaded": [layer names], "reinitialised": [...], "checkpoint"}.
-  """
-  source, metadata = load_model(path, which)
-  ours, theirs = _layer_weights(model), _layer_weights(source)
-  classifier = list(ours)[-1]
-  missing, extra = [n for n in ours if n not in theirs], [n for n in theirs if n not in ours]
-  shapes = {n: ([tuple(w.shape) for w in ours[n]], [tuple(w.shape) for w in theirs[n]])
-            for n in ours if n in theirs}
-  reinitialised = ([classifier] if classifier in shapes
-                   and shapes[classifier][0] != shapes[classifier][1] else [])
-  misfits = [f"{n}: checkpoint {s[1]}, model {s[0]}" for n, s in shapes.items()
-             if s[0] != s[1] and n not in reinitialised]
-  if missing or extra or misfits:
-    raise ValueError(
-        f"--init_checkpoint {metadata['checkpoint']} does not fit this model (only "
-        f"{classifier}, the classifier, may differ, in its number of classes). Layers only in "
-        f"this model: {missing or 'none'}; only in the checkpoint: {extra or 'none'}; shapes "
-        "that differ: " + ("\n  " + "\n  ".join(misfits) if misfits else "none") + "\nUse "
-        "the variant, --remove and --conv6 of the checkpoint's run (its config.json).")
-  loaded = [n for n in ours if n not in reinitialised]
-  for name in loaded:
-    for mine, saved in zip(ours[name], theirs[name]):
-      mine.assign(saved.numpy())
-  return {"loaded": loaded, "reinitialised": reinitialised,
-          "checkpoint": metadata["checkpoint"]}
