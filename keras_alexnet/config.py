@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Optional, Tuple
 
 from absl import flags
 
+from keras_alexnet import cpu_kernels
 from keras_alexnet import data_sources
 from keras_alexnet import distribute
 from keras_alexnet import errors
@@ -65,6 +66,9 @@ class TrainConfig:
   # Seconds the trainer waits for one batch (e.g. from tf.data service workers that died)
   # before it saves a checkpoint and fails; 0: wait for ever.
   data_timeout: float = 300.0
+  # When training takes keras_alexnet.cpu_kernels' speed-ups: auto (on a machine without GPUs
+  # or TPUs, where they were measured to win), on, off (TF's own ops and gradients).
+  cpu_kernels: str = "auto"
 
   def peak_learning_rate(self) -> float:
     """The rate at the start of training, after scaling with the global batch."""
@@ -102,6 +106,14 @@ def check_train_config(config: Config) -> None:
     raise errors.invalid(f"--{what}", got, allowed)
   if t.strategy not in distribute.STRATEGIES:
     bad("strategy", t.strategy, f"one of {distribute.STRATEGIES}")
+  if config.data.decode_crop:
+    # The pipeline option yields 224x224 windows and their offsets (for
+    # preprocessing.augment_crops); the trainer's step takes the 256x256 images it crops itself.
+    raise errors.invalid("DataConfig.decode_crop", True,
+                         "False for training (a pipeline option for benchmarks and custom loops; "
+                         "it gained nothing per core here, BUILD_NOTES)")
+  if t.cpu_kernels not in cpu_kernels.MODES:
+    bad("cpu_kernels", t.cpu_kernels, f"one of {cpu_kernels.MODES}")
   if t.precision not in PRECISIONS:
     bad("precision", t.precision, f"one of {PRECISIONS}")
   if t.lr_scaling not in LR_SCALINGS:
@@ -269,6 +281,10 @@ TRAIN_FLAGS = (
     Flag("precision", "train.precision", HARDWARE,
          "mixed_float16 uses dynamic loss scaling; LRN stays float32.", choices=PRECISIONS),
     Flag("xla", "train.xla", HARDWARE, "Compile the forward and backward pass with XLA."),
+    Flag("cpu_kernels", "train.cpu_kernels", HARDWARE, "The CPU training speed-ups (fused LRN, "
+         "the fc and tower-slice gradients, the fused update; keras_alexnet/cpu_kernels.py): "
+         "auto (when no GPU or TPU is visible), on, off (TF's own ops). Same maths either way.",
+         choices=cpu_kernels.MODES),
     Flag("collective_timeout", "train.collective_timeout", HARDWARE, "multi_worker: seconds a "
          "collective may wait for a peer; 0: TF's default."),
     Flag("data_timeout", "train.data_timeout", DATA, "Seconds to wait for one input batch "

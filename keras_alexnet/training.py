@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from keras_alexnet import bounded_input
 from keras_alexnet import config as config_lib
+from keras_alexnet import cpu_kernels
 from keras_alexnet import data_sources
 from keras_alexnet import dataset as dataset_lib
 from keras_alexnet import dataset_info
@@ -383,8 +384,9 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, flags_text: str 
     if t.resume:
       workdir_lib.check_same_run(workdir, metadata)
     keras.mixed_precision.set_global_policy(t.precision)
-    return _train(config, workdir, flags_text, strategy, tower_devices, model_config, metadata,
-                  stats)
+    with cpu_kernels.using(t.cpu_kernels):   # read when the steps are traced, inside _train
+      return _train(config, workdir, flags_text, strategy, tower_devices, model_config,
+                    metadata, stats)
   finally:
     keras.mixed_precision.set_global_policy("float32")
     if lock is not None:

@@ -68,7 +68,8 @@ def _command(module, *args, cwd):
 
 
 # `python -m keras_alexnet.train --help` as it was when each flag was written three times
-# (issue 16 made the flags and these headings from one table in config.py).
+# (issue 16 made the flags and these headings from one table in config.py), plus the one flag
+# added since: --cpu_kernels.
 TRAIN_HELP_BEFORE_ISSUE_16 = {
     "Data": ["batch_size", "cache", "data_dir", "data_format", "data_service_address",
              "data_timeout", "eval_steps", "label_offset", "private_threadpool_size",
@@ -81,7 +82,8 @@ TRAIN_HELP_BEFORE_ISSUE_16 = {
                                  "plateau_patience", "step_epochs", "steps_per_epoch",
                                  "weight_decay"],
     "Fine-tuning": ["init_checkpoint", "trainable_from"],
-    "Hardware and bookkeeping": ["checkpoint_every_steps", "collective_timeout", "deterministic",
+    "Hardware and bookkeeping": ["checkpoint_every_steps", "collective_timeout", "cpu_kernels",
+                                 "deterministic",
                                  "devices", "keep_checkpoints", "log_every_steps",
                                  "num_cpu_devices", "precision", "resume", "seed", "strategy",
                                  "summary_images", "workdir", "xla"],

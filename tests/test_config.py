@@ -107,7 +107,7 @@ def test_bad_settings_are_named(parse, args, match):
 
 
 def test_unknown_enum_values_are_refused_by_the_parser(parse):
-  for bad in ("--strategy=ring", "--precision=float64", "--variant=vgg"):
+  for bad in ("--strategy=ring", "--precision=float64", "--variant=vgg", "--cpu_kernels=fast"):
     with pytest.raises(flags.IllegalFlagValueError):
       parse("--data_dir=/d", "--workdir=/w", bad)
 
@@ -121,10 +121,26 @@ def test_check_train_config_on_plain_configs():
   for field, value, match in (("strategy", "ring", "strategy must be one of"),
                               ("precision", "fp8", "precision must be one of"),
                               ("lr_scaling", "sqrt", "lr_scaling"),
+                              ("cpu_kernels", "fast", r"--cpu_kernels must be one of \('auto'"),
                               ("learning_rate", 0.0, "learning_rate")):
     bad = dataclasses.replace(config, train=dataclasses.replace(config.train, **{field: value}))
     with pytest.raises(ValueError, match=match):
       config_lib.check_train_config(bad)
+
+
+def test_decode_crop_is_refused_for_training():
+  config = config_lib.Config(model=config_lib.model_lib.ModelConfig(),
+                             data=config_lib.data_sources.DataConfig("/d", decode_crop=True),
+                             augment=config_lib.preprocessing.AugmentConfig(),
+                             train=config_lib.TrainConfig())
+  with pytest.raises(ValueError, match="DataConfig.decode_crop must be False for training"):
+    config_lib.check_train_config(config)
+
+
+def test_cpu_kernels_flag_reaches_the_train_config(parse):
+  base = ("--data_dir=/d", "--workdir=/w")
+  assert config_lib.config_from_flags(parse(*base)).train.cpu_kernels == "auto"
+  assert config_lib.config_from_flags(parse(*base, "--cpu_kernels=off")).train.cpu_kernels == "off"
 
 
 def test_learning_rate_scaling():
@@ -155,6 +171,9 @@ OLD_TRAIN_FLAG_NAMES = [
     "num_cpu_devices", "precision", "xla", "collective_timeout", "data_timeout", "seed",
     "deterministic", "log_every_steps", "summary_images", "init_checkpoint", "trainable_from",
     "tiny_model"]
+# Added since, on purpose: --cpu_kernels (the switch of keras_alexnet.cpu_kernels, issue 16).
+TRAIN_FLAG_NAMES = (OLD_TRAIN_FLAG_NAMES[:OLD_TRAIN_FLAG_NAMES.index("xla") + 1] + ["cpu_kernels"]
+                    + OLD_TRAIN_FLAG_NAMES[OLD_TRAIN_FLAG_NAMES.index("xla") + 1:])
 OLD_EVALUATE_FLAG_NAMES = OLD_TRAIN_FLAG_NAMES[:10] + [
     "workdirs", "checkpoint", "which", "views", "output", "split"]
 
@@ -224,7 +243,7 @@ def test_flags_txt_lists_the_flags_in_their_old_order(parse):
   lines = config_lib.flags_text(fv).splitlines()[1:]
   names = [line.lstrip("-# ").split("=")[0].split(" ")[0] for line in lines]
   names = [n[2:] if n.startswith("no") and n[2:] in fv and n not in fv else n for n in names]
-  assert names == OLD_TRAIN_FLAG_NAMES
+  assert names == TRAIN_FLAG_NAMES
   fv = flags.FlagValues()
   config_lib.define_evaluate_flags(fv)
   assert [n for n in config_lib.FLAG_NAMES if n in fv] == OLD_EVALUATE_FLAG_NAMES
@@ -271,10 +290,11 @@ def test_flag_types_and_choices():
       "decay_biases", "resume", "xla", "deterministic", "summary_images", "tiny_model"}
   assert {n for n, k in kinds.items() if k == "EnumFlag"} == {
       "data_format", "variant", "activation", "pooling", "init", "mean", "lr_scaling",
-      "lr_schedule", "strategy", "precision", "which", "split"}
+      "lr_schedule", "strategy", "precision", "cpu_kernels", "which", "split"}
   assert {n for n in kinds if type(fv[n].parser).__name__ == "ListParser"} == {
       "remove", "step_epochs", "devices", "workdirs", "views"}
-  assert fv["strategy"].parser.enum_values == list(config_lib.STRATEGIES)
+  assert fv["strategy"].parser.enum_values == list(config_lib.distribute.STRATEGIES)
+  assert fv["cpu_kernels"].parser.enum_values == list(config_lib.cpu_kernels.MODES)
   assert fv["data_format"].parser.enum_values == ["auto", *data_sources.FORMATS]
   assert fv["label_offset"].flag_type() == "int" and fv["input_scale"].flag_type() == "float"
 
@@ -288,7 +308,7 @@ def test_train_help_groups_are_paper_cfgs_headings():
       "private_threadpool_size", "cache", "data_service_address", "synthetic", "data_timeout"}
   assert set(groups["Fine-tuning"]) == {"init_checkpoint", "trainable_from"}
   grouped = [n for _, names in config_lib.TRAIN_HELP_GROUPS for n in names]
-  assert sorted(grouped + ["tiny_model"]) == sorted(OLD_TRAIN_FLAG_NAMES)   # tiny: "Other flags"
+  assert sorted(grouped + ["tiny_model"]) == sorted(TRAIN_FLAG_NAMES)   # tiny: "Other flags"
 
 
 def test_a_fresh_flag_set_gets_its_flags_even_where_a_freed_one_lived():
