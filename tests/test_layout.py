@@ -1,6 +1,7 @@
 """The house rules that a reader relies on and a refactor can break silently: the package's
-module-level imports form no cycle (each module can be read knowing only what it imports), and
-a file the user keeps is written one way (keras_alexnet.files)."""
+module-level imports form no cycle (each module can be read knowing only what it imports), no
+module imports a later stage (README.md "The code, module by module" lists the same stages),
+and a file the user keeps is written one way (keras_alexnet.files)."""
 
 import ast
 import os
@@ -25,13 +26,40 @@ def _modules():
   return found
 
 
-def _top_level_imports(name, path, modules):
-  """The package modules `name` imports at module level (not inside functions: those are the
-  deliberate late imports that keep start-up light)."""
+# The stages of the data flow, first to last; a module may import its own stage and earlier
+# ones. Shared helpers; the stored image and the dataset's description; the input pipeline;
+# the device-side preprocessing; the network; a run (its settings, workdir, summaries); the
+# loop; the commands and tools.
+STAGES = [
+    {"errors", "files", "cli", "bench", "_startup", "features", "data", "distribute",
+     "workdir_lock", "bounded_input", "pil_loader", "decoding"},
+    {"dataset_info"},
+    {"data_sources"},
+    {"dataset", "data_service"},
+    {"preprocessing"},
+    {"cpu_kernels", "layers", "model", "optimizer"},
+    {"testing", "workdir", "finetune", "summaries", "config"},
+    {"training"},
+    {"train", "evaluate", "export", "predict", "extract", "convert", "applications", "demo",
+     "demo_data", "benchmark", "pipeline_benchmark", "experiments", "experiments.compare",
+     "experiments.figure4", "experiments.relu_vs_tanh", "keras_alexnet",
+     "tfrecords", "tfrecords._alias", "tfrecords.benchmark", "tfrecords.build",
+     "tfrecords.image", "tfrecords.releases", "tfrecords.safety", "tfrecords.sources",
+     "tfrecords.statistics"},
+]
+
+
+def _short(module):
+  return module.removeprefix("keras_alexnet.")
+
+
+def _top_level_imports(name, path, modules, everywhere=False):
+  """The package modules `name` imports at module level (everywhere=False: not inside
+  functions, the deliberate late imports that keep start-up light; True: those too)."""
   tree = ast.parse(open(path, encoding="utf-8").read(), path)
   package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
   out = set()
-  for node in tree.body:
+  for node in (ast.walk(tree) if everywhere else tree.body):
     if isinstance(node, ast.Import):
       targets = [a.name for a in node.names]
     elif isinstance(node, ast.ImportFrom):
@@ -72,6 +100,22 @@ def test_the_module_imports_form_no_cycle():
   for m in sorted(graph):
     if m not in state:
       visit(m)
+
+
+def test_every_module_has_a_stage_and_imports_no_later_one():
+  """Late imports (inside functions) count too: a later stage is a later stage wherever it is
+  imported from."""
+  modules = _modules()
+  rank = {m: i for i, stage in enumerate(STAGES) for m in stage}
+  unstaged = sorted(_short(m) for m in modules if _short(m) not in rank)
+  assert not unstaged, f"give these a stage in STAGES and README's map: {unstaged}"
+  later = []
+  for m, path in modules.items():
+    for n in _top_level_imports(m, path, modules, everywhere=True):
+      if rank[_short(n)] > rank[_short(m)]:
+        later.append(f"{_short(m)} (stage {rank[_short(m)]}) imports {_short(n)} "
+                     f"(stage {rank[_short(n)]})")
+  assert not later, "\n".join(sorted(later))
 
 
 def test_the_cycle_check_sees_a_cycle(tmp_path):
