@@ -11,18 +11,9 @@ from keras_alexnet import data_sources
 from keras_alexnet import dataset
 from keras_alexnet import features
 from test_dataset import S
+from test_dataset import ours  # noqa: F401 -- the fixture: 4x6 train, 2x5 validation shards
 from test_dataset import write_info
 from test_dataset import write_shards
-
-
-@pytest.fixture(scope="module")
-def ours(tmp_path_factory):
-  """4 train shards x 6 and 2 validation shards x 5, this project's layout (as test_dataset's)."""
-  data_dir = str(tmp_path_factory.mktemp("ours"))
-  write_shards(data_dir, "train", 4, 6)
-  write_shards(data_dir, "validation", 2, 5, start=100 // 4)
-  write_info(data_dir, 24, 10)
-  return data_dir
 
 
 def test_metadata(ours):
