@@ -210,7 +210,7 @@ def _write_grid_png(kernels, path: str) -> None:
   image = Image.fromarray(np.clip(np.rint(grid * 255), 0, 255).astype(np.uint8), "RGB")
   png = io.BytesIO()
   image.save(png, "PNG")
-  files.write_atomic(path, lambda f: f.write(png.getvalue()))
+  files.write_bytes(path, png.getvalue())
 
 
 def _format_predictions(predictions: list, truth: dict) -> tuple:

@@ -160,7 +160,7 @@ def extract(config: ExtractConfig) -> dict:
                 failed=np.array([f for f, _ in failed], dtype=str),
                 failed_reasons=np.array([r for _, r in failed], dtype=str))
   os.makedirs(os.path.dirname(os.path.abspath(config.output)), exist_ok=True)
-  files.write_atomic(config.output, lambda f: np.savez(f, **arrays))
+  files.write_npz(config.output, arrays)
   return {**result, "output": config.output}
 
 
