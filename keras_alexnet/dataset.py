@@ -4,10 +4,13 @@ The CPU does only what must happen on the CPU, reading and decoding; cropping, m
 lighting and the mean (keras_alexnet.preprocessing.augment) run on the accelerator inside the
 training step. One function, `create_split`, one chain in a fixed order:
 
-  files -> interleave (read, parse) -> shuffle -> (skip) -> decode -> batch -> prefetch
+  files -> interleave (read) -> count bytes -> parse -> shuffle -> (skip) -> decode -> batch
+  -> prefetch
 
-Parsing runs in the readers, batched per READ_BATCH records, rather than with the decoding:
-per record, a separate parse costs more than the rest of the reading (BUILD_NOTES).
+Reading, counting and parsing go by READ_BATCH records of a shard, rather than per record
+with the decoding: per record, a separate parse costs more than the rest of the reading. The
+functions sit outside the interleave, which would instantiate them again for every shard
+(BUILD_NOTES).
 
 What a data_dir holds (format, counts, classes) and DataConfig are keras_alexnet.data_sources';
 the stored image's size and decoder are keras_alexnet.decoding's. Imports those, dataset_info,
@@ -58,19 +61,26 @@ def _first_where(mask, *values):
   return [tf.gather(tf.concat([v, tf.zeros([1], v.dtype)], 0), first) for v in values]
 
 
-def _reader(source: data_sources.Source):
-  """(shard path, file size) -> dataset of READ_BATCH-record batches (encoded image, int32
-  label, where), failing with the shard's name on corruption and with the image's on a bad
-  label. `where` ("<shard path> image <file name>") is what a later per-image check names;
+def _reader(source: data_sources.Source, files, sizes):
+  """-> (read_shard, check) for these shard paths and their file sizes.
+
+  read_shard: (index in `files`, path) -> that shard's records in READ_BATCH-record batches,
+  each with the index, then an empty batch: the shard's end. It holds no function of its own
+  (a function in it would be instantiated again for every shard: BUILD_NOTES).
+  check(batches, num_parallel_calls, deterministic): those batches, from any number of shards
+  in any order -> batches of (encoded image, int32 label, where), failing with the shard's
+  name on corruption and with the image's on a bad label: a scan over all shards counts the
+  bytes (serial, so nothing else), a parallel map parses and checks. Each function is
+  instantiated once per epoch, not once per shard. `where` ("<shard path> image <file name>") is what a later per-image check names;
   raw shards, checked whole here, have no `where`.
 
   TFRecordDataset reports a bad CRC or a truncated file as "corrupted record at N", without
   the file. So the reader's error is swallowed (ignore_errors: the reader then stops at that
-  record) and the bytes read are checked against the file size after the shard's last record:
-  a shard that was not read to its end fails here, naming itself, right after the bad record.
-  Everything per record that can be vectorized runs here per READ_BATCH records (an empty
-  batch marks the end): the bookkeeping, the parse, the label check and, for raw shards, the
-  size check. Per record they cost more than the rest of the reading (BUILD_NOTES).
+  record) and the bytes read of each shard are counted and checked against its file size at
+  the shard's end: a shard that was not read to its end fails, naming itself, right after
+  the bad record. Everything per record that can be vectorized runs per READ_BATCH records:
+  the bookkeeping, the parse, the label check and, for raw shards, the size check. Per
+  record they cost more than the rest of the reading (BUILD_NOTES).
   """
   if source.format == "tfds":
     encoded_key, label_key, name_key = data_sources.TFDS_KEYS
@@ -81,50 +91,61 @@ def _reader(source: data_sources.Source):
           name_key: tf.io.FixedLenFeature([], tf.string, default_value="")}
   raw = source.encoding == "raw"
   offset, num_classes = source.label_offset, source.num_classes
+  paths, file_sizes = tf.constant(list(files), tf.string), tf.constant(list(sizes), tf.int64)
 
   @_no_autograph
-  def read_shard(path, size):
+  def read_shard(index, path):
     batches = tf.data.TFRecordDataset(path).ignore_errors(log_warning=True).batch(READ_BATCH)
     batches = batches.concatenate(tf.data.Dataset.from_tensors(tf.constant([], tf.string)))
+    return tf.data.Dataset.zip((tf.data.Dataset.from_tensors(index).repeat(), batches))
 
-    @_no_autograph
-    def count_check_and_parse(read, records):
-      # One scan step does the byte count and everything else per batch: a separate map after
-      # the scan was one more function call per batch (BUILD_NOTES).
-      read += tf.reduce_sum(tf.cast(tf.strings.length(records), tf.int64) + RECORD_OVERHEAD)
-      complete = tf.logical_or(tf.size(records) > 0, tf.equal(read, size))
-      assertion = _assert(complete, [
-          "Corrupted or truncated TFRecord shard (bad CRC or length):", path, "read", read,
-          "of", size, "bytes. Rebuild or re-copy this shard."])
-      with tf.control_dependencies([assertion]):
-        examples = tf.io.parse_example(records, spec)
-      encoded, names, stored = examples[encoded_key], examples[name_key], examples[label_key]
-      label = stored - offset
-      # Conditions and messages from a few ops per batch (a boolean_mask of the names cost
-      # more per record: BUILD_NOTES). The message names the first offending record.
-      bad = tf.logical_or(label < 0, label >= num_classes)
-      name, value = _first_where(bad, names, stored)
-      checks = [_assert(tf.logical_not(tf.reduce_any(bad)), [
-          f"Label out of range [0, {num_classes}) after subtracting label_offset={offset} "
-          "(set label_offset/num_classes): shard", path, "image", name, "stored label", value])]
-      if raw:
-        lengths = tf.strings.length(encoded)
-        wrong = tf.not_equal(lengths, decoding.RAW_BYTES)
-        name, value = _first_where(wrong, names, lengths)
-        checks.append(_assert(tf.logical_not(tf.reduce_any(wrong)), [
-            f"A raw record is not {decoding.STORED_SIZE}x{decoding.STORED_SIZE}x3 "
-            f"uint8 ({decoding.RAW_BYTES} bytes), as {dataset_info.FILENAME}'s encoding 'raw' "
-            "needs: shard", path, "image", name, "bytes", value,
-            ". Rebuild the shard with tfrecords.build --encoding=raw."]))
-      with tf.control_dependencies(checks):
-        label = tf.cast(label, tf.int32)
-      if raw:   # checked here whole: nothing later needs to name a record
-        return read, (encoded, label)
-      return read, (encoded, label, tf.strings.join([path, " image ", names]))
+  @_no_autograph
+  def count(read, batch):
+    # Serial, so only the bookkeeping: the parse runs in a parallel map after it.
+    index, records = batch
+    read = tf.tensor_scatter_nd_add(read, [[index]], [tf.reduce_sum(
+        tf.cast(tf.strings.length(records), tf.int64) + RECORD_OVERHEAD)])
+    complete = tf.logical_or(tf.size(records) > 0, tf.equal(read[index], file_sizes[index]))
+    assertion = _assert(complete, [
+        "Corrupted or truncated TFRecord shard (bad CRC or length):", paths[index], "read",
+        read[index], "of", file_sizes[index], "bytes. Rebuild or re-copy this shard."])
+    with tf.control_dependencies([assertion]):
+      return read, (index, tf.identity(records))
 
-    return batches.scan(tf.constant(0, tf.int64), count_check_and_parse)
+  @_no_autograph
+  def parse_and_check(index, records):
+    path = paths[index]
+    examples = tf.io.parse_example(records, spec)
+    encoded, names, stored = examples[encoded_key], examples[name_key], examples[label_key]
+    label = stored - offset
+    # Conditions and messages from a few ops per batch (a boolean_mask of the names cost
+    # more per record: BUILD_NOTES). The message names the first offending record.
+    bad = tf.logical_or(label < 0, label >= num_classes)
+    name, value = _first_where(bad, names, stored)
+    checks = [_assert(tf.logical_not(tf.reduce_any(bad)), [
+        f"Label out of range [0, {num_classes}) after subtracting label_offset={offset} "
+        "(set label_offset/num_classes): shard", path, "image", name, "stored label", value])]
+    if raw:
+      lengths = tf.strings.length(encoded)
+      wrong = tf.not_equal(lengths, decoding.RAW_BYTES)
+      name, value = _first_where(wrong, names, lengths)
+      checks.append(_assert(tf.logical_not(tf.reduce_any(wrong)), [
+          f"A raw record is not {decoding.STORED_SIZE}x{decoding.STORED_SIZE}x3 "
+          f"uint8 ({decoding.RAW_BYTES} bytes), as {dataset_info.FILENAME}'s encoding 'raw' "
+          "needs: shard", path, "image", name, "bytes", value,
+          ". Rebuild the shard with tfrecords.build --encoding=raw."]))
+    with tf.control_dependencies(checks):
+      label = tf.cast(label, tf.int32)
+    if raw:   # checked here whole: nothing later needs to name a record
+      return encoded, label
+    return encoded, label, tf.strings.join([path, " image ", names])
 
-  return read_shard
+  def check(batches, num_parallel_calls, deterministic):
+    batches = batches.scan(tf.zeros([len(files)], tf.int64), count)
+    return batches.map(parse_and_check, num_parallel_calls=num_parallel_calls,
+                       deterministic=deterministic)
+
+  return read_shard, check
 
 
 def _decoder(source: data_sources.Source, dct_method: str = ""):
@@ -271,7 +292,6 @@ def create_split(config: data_sources.DataConfig, train: bool, batch_size: int, 
                      "only saves work in a JPEG decoder).")
   service = config.data_service_address
   deterministic = config.deterministic or not train
-  read_shard = _reader(source)
   decode = (_crop_decoder(_seed(config, epoch, 2), config.dct_method) if crop
             else _decoder(source, config.dct_method))
 
@@ -280,15 +300,17 @@ def create_split(config: data_sources.DataConfig, train: bool, batch_size: int, 
   if train and not config.cache:
     order = np.random.default_rng(_seed(config, epoch, 0)).permutation(len(files))
     files, sizes = [files[i] for i in order], [sizes[i] for i in order]
-  ds = tf.data.Dataset.from_tensor_slices((files, np.array(sizes, np.int64)))
-  # Interleave: read and parse (cache=True: the decoded images, read and decoded only once).
+  read_shard, check = _reader(source, files, sizes)
+  ds = tf.data.Dataset.from_tensor_slices((np.arange(len(files), dtype=np.int64), files))
+  # Interleave: read, check and parse (cache=True: the decoded images, read and decoded once).
   if config.cache:
-    ds = _read_and_decode_once(ds, (config, split, tuple(files)), read_shard, decode,
+    ds = _read_and_decode_once(ds, (config, split, tuple(files)), read_shard, check, decode,
                                config.num_parallel_calls)
   elif train:
-    ds = _interleave(ds, read_shard, len(files), config.num_parallel_calls, deterministic)
+    ds = check(_interleave(ds, read_shard, len(files), config.num_parallel_calls,
+                           deterministic), config.num_parallel_calls, deterministic).unbatch()
   else:
-    ds = ds.flat_map(read_shard).unbatch()
+    ds = check(ds.flat_map(read_shard), config.num_parallel_calls, True).unbatch()
   # Shuffle.
   if train:
     ds = ds.shuffle(config.shuffle_buffer, seed=_seed(config, epoch, 1),
@@ -365,14 +387,14 @@ def _interleave(ds, read_shard, num_files, num_parallel_calls, deterministic):
     # CPU time and wall-clock rate on 2 cores (figures in BUILD_NOTES).
     readers = min(cycle, _cores())
   return ds.interleave(read_shard, cycle_length=cycle, block_length=1,
-                       num_parallel_calls=readers, deterministic=deterministic).unbatch()
+                       num_parallel_calls=readers, deterministic=deterministic)
 
 
-def _read_and_decode_once(ds, key, read_shard, decode, num_parallel_calls):
+def _read_and_decode_once(ds, key, read_shard, check, decode, num_parallel_calls):
   """cache=True: the decoded images of the files in file order, kept in memory by the first
   epoch and reused by every later epoch's dataset in this process (memo keyed by `key`)."""
   if key not in _CACHED:
-    records = ds.flat_map(read_shard).unbatch()
+    records = check(ds.flat_map(read_shard), num_parallel_calls, True).unbatch()
     _CACHED[key] = records.map(decode, num_parallel_calls=num_parallel_calls,
                                deterministic=True).cache()
   return _CACHED[key]
