@@ -1,6 +1,6 @@
 """How fast the input pipeline and the device-side augmentation run, against same-run bounds.
 
-  python -m keras_alexnet.pipeline_benchmark [--num_images=2048] [--batch_size=128]
+  python -m keras_alexnet.pipeline_benchmark [--num_images=8192] [--batch_size=128]
       [--data_dir=SHARDS]
 
 - cpu pipeline: images/s of keras_alexnet.dataset up to uint8 batches (read, shuffle, parse,
@@ -41,6 +41,9 @@ from keras_alexnet import files
 from keras_alexnet import preprocessing
 
 JPEG_QUALITY = 95   # tfrecords.build's default; sets how hard decoding is.
+# Records per generated shard: ImageNet's train shards hold 1,251 (1,281,167 in 1,024), and
+# per-shard costs (opening a file, starting its reader) should weigh as little as there.
+RECORDS_PER_SHARD = 1024
 # What map_fn_crop_rate does, for a like-for-like comparison.
 CROP_AND_MIRROR = preprocessing.AugmentConfig(pca_lighting=False, mean="per_channel")
 
@@ -49,32 +52,37 @@ def cores() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def _natural_image(rng):
-  """A 256x256 image with photo-like statistics for the codec: smooth shapes plus grain (pure
-  noise would make JPEGs several times larger and slower to decode than photographs)."""
+def _natural_images(rng, count: int) -> np.ndarray:
+  """`count` 256x256 images with photo-like statistics for the codec: smooth shapes plus grain
+  (pure noise would make JPEGs several times larger and slower to decode than photographs)."""
   size = decoding.STORED_SIZE
-  coarse = rng.uniform(0, 255, (1, 8, 8, 3)).astype(np.float32)
-  image = tf.image.resize(coarse, [size, size], method="bicubic")[0].numpy()
-  image += rng.normal(0, 6, image.shape)
-  return np.clip(image, 0, 255).astype(np.uint8)
+  coarse = rng.uniform(0, 255, (count, 8, 8, 3)).astype(np.float32)
+  images = tf.image.resize(coarse, [size, size], method="bicubic").numpy()
+  images += rng.normal(0, 6, images.shape).astype(np.float32)
+  return np.clip(images, 0, 255).astype(np.uint8)
 
 
-def write_records(data_dir: str, num_images: int, num_shards: int = 16, seed: int = 0,
-                  encoding: str = "jpeg", jpegs: Optional[List[bytes]] = None) -> str:
+def write_records(data_dir: str, num_images: int, num_shards: Optional[int] = None,
+                  seed: int = 0, encoding: str = "jpeg",
+                  jpegs: Optional[List[bytes]] = None) -> str:
   """Train shards of 256x256 JPEGs (or, encoding="raw", their decoded pixels) and a
   dataset_info.json, as the builder writes them. jpegs: these images instead of generated
-  ones."""
+  ones. num_shards: by default, shards of at most RECORDS_PER_SHARD records, as ImageNet's."""
   rng = np.random.default_rng(seed)
   os.makedirs(data_dir, exist_ok=True)
-  if jpegs is not None:
-    num_images = len(jpegs)
+  if jpegs is None:
+    jpegs = []
+    for start in range(0, num_images, 256):
+      jpegs += [tf.io.encode_jpeg(image, quality=JPEG_QUALITY).numpy()
+                for image in _natural_images(rng, min(256, num_images - start))]
+  num_images = len(jpegs)
+  num_shards = num_shards or max(1, -(-num_images // RECORDS_PER_SHARD))
   per_shard = -(-num_images // num_shards)
   for shard in range(num_shards):
     path = os.path.join(data_dir, features.shard_name("train", shard, num_shards))
     with tf.io.TFRecordWriter(path) as writer:
       for i in range(shard * per_shard, min(num_images, (shard + 1) * per_shard)):
-        jpeg = (jpegs[i] if jpegs is not None else
-                tf.io.encode_jpeg(_natural_image(rng), quality=JPEG_QUALITY).numpy())
+        jpeg = jpegs[i]
         encoded, image_format = jpeg, features.FORMAT_JPEG
         if encoding == "raw":
           encoded = tf.io.decode_jpeg(jpeg, channels=3).numpy().tobytes()
@@ -269,7 +277,7 @@ def map_fn_crop_rate(batch_size: int, repeats: int = 5) -> float:
   return batch_size / bench.median_seconds(lambda: crop().numpy(), repeats)
 
 
-def rows(num_images: int = 2048, batch_size: int = 128, data_dir: Optional[str] = None,
+def rows(num_images: int = 8192, batch_size: int = 128, data_dir: Optional[str] = None,
          augment_batch_size: int = 128, repeats: int = 5) -> List[bench.Row]:
   """Every figure of this benchmark, measured now, in this process. data_dir: existing
   shards to measure the CPU pipeline on (e.g. real ImageNet) instead of generated ones; their
@@ -345,7 +353,8 @@ FLAGS = flags.FLAGS
 def define_flags():
   """Defined only when run as the command, so importing this module (tests, other entry
   points) never clashes with another entry point's flags of the same name."""
-  flags.DEFINE_integer("num_images", 2048, "JPEG records written for the CPU pipeline figures.")
+  flags.DEFINE_integer("num_images", 8192, "JPEG records written for the CPU pipeline figures "
+                       f"(in shards of {RECORDS_PER_SHARD}, as ImageNet's 1,251).")
   flags.DEFINE_string("data_dir", None, "Measure the CPU pipeline on these training shards "
                       "(256x256, e.g. tfrecords.build's output) instead of generated ones. The "
                       "decode bound holds all their JPEGs in memory: use a subset for ImageNet.")

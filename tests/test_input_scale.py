@@ -266,7 +266,7 @@ def test_validation_iterator_is_made_once(tmp_path, monkeypatch):
 
 def test_pil_loader_does_the_work_it_is_timed_for(tmp_path):
   rng = np.random.default_rng(0)
-  images = [pb._natural_image(rng) for _ in range(6)]
+  images = pb._natural_images(rng, 6)
   jpegs = [tf.io.encode_jpeg(i, quality=95).numpy() for i in images]
   paths = pil_loader.write_files(jpegs, str(tmp_path / "files"))
   with pil_loader.PilLoader(2, 3) as loader:
