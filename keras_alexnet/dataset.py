@@ -71,8 +71,8 @@ def _reader(source: data_sources.Source, files, sizes):
   in any order -> batches of (encoded image, int32 label, where), failing with the shard's
   name on corruption and with the image's on a bad label: a scan over all shards counts the
   bytes (serial, so nothing else), a parallel map parses and checks. Each function is
-  instantiated once per epoch, not once per shard. `where` ("<shard path> image <file name>") is what a later per-image check names;
-  raw shards, checked whole here, have no `where`.
+  instantiated once per epoch, not once per shard. `where` ("<shard path> image <file
+  name>") is what a later per-image check names; raw shards, checked whole here, have none.
 
   TFRecordDataset reports a bad CRC or a truncated file as "corrupted record at N", without
   the file. So the reader's error is swallowed (ignore_errors: the reader then stops at that
