@@ -1,17 +1,23 @@
-"""The comparator of the input pipeline's benchmark: a PyTorch-style loader without PyTorch.
+"""The comparators of the input pipeline's benchmark: a PyTorch-style loader without PyTorch,
+and PyTorch's own DataLoader where torch is installed.
 
 What a torchvision ImageFolder + DataLoader does per batch, in worker processes: open each
 image file, decode it with PIL (`Image.open(path).convert("RGB")`, torchvision's default
-loader), make it a uint8 array, stack the batch, and hand it to the main process through shared memory (as PyTorch does: the batch is
-written once, into shared memory, and the main process reads it in place). One worker process
-per core, two batches in flight per worker (DataLoader's default prefetch_factor).
+loader), make it a uint8 array, stack the batch, and hand it to the main process through
+shared memory (as PyTorch does: the batch is written once, into shared memory, and the main
+process reads it in place). One worker process per core, two batches in flight per worker
+(DataLoader's default prefetch_factor).
 
-This module imports only numpy and PIL, so the worker processes stay small.
+PilLoader does that with numpy and PIL only, so its worker processes stay small and the
+benchmark runs without torch. `dataloader_pass` is the real thing, torch.utils.data.DataLoader
+over the same files; torch is not a dependency (a test extra), imported only there.
 """
 
+import importlib.util
 import multiprocessing
 from multiprocessing import shared_memory
 import os
+import resource
 import time
 from typing import Sequence
 
@@ -102,6 +108,57 @@ class PilLoader:
         last = views[name]
     last = None if last is None else last.copy()
     return (time.perf_counter() - wall, time.process_time() - cpu + worker_cpu, images, last)
+
+
+class _ImageFiles:
+  """A map-style dataset for DataLoader (it needs only __len__ and __getitem__): what
+  torchvision's ImageFolder + PILToTensor do, the image kept height x width x 3 as this
+  project's batches are. Its label is the file's index, so that a test can check the batch."""
+
+  def __init__(self, paths: Sequence[str]):
+    self.paths = list(paths)
+
+  def __len__(self):
+    return len(self.paths)
+
+  def __getitem__(self, index):
+    import torch  # pylint: disable=g-import-not-at-top
+    with open(self.paths[index], "rb") as f:
+      image = Image.open(f).convert("RGB")
+    return torch.from_numpy(np.array(image)), index
+
+
+def _cpu_seconds_with_children() -> float:
+  own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+      resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def torch_available() -> bool:
+  return importlib.util.find_spec("torch") is not None
+
+
+def dataloader_pass(paths: Sequence[str], workers: int, batch_size: int):
+  """One epoch of torch.utils.data.DataLoader(shuffle=True, num_workers=workers, default
+  collate) over the files. Returns (wall seconds, CPU seconds of this process and the
+  workers, images loaded, the last batch as uint8 [B, H, W, 3], its files' indices).
+
+  Workers are started for the epoch and joined at its end (persistent_workers=False, the
+  default), so their CPU time, start-up included as a user pays it each epoch, is in this
+  process's RUSAGE_CHILDREN when the pass returns."""
+  import torch  # pylint: disable=g-import-not-at-top
+  loader = torch.utils.data.DataLoader(_ImageFiles(paths), batch_size=batch_size, shuffle=True,
+                                       num_workers=workers, drop_last=True,
+                                       timeout=TIMEOUT_SECONDS)
+  wall, cpu = time.perf_counter(), _cpu_seconds_with_children()
+  images, last = 0, (None, None)
+  for batch, indices in loader:
+    images += len(batch)
+    last = batch, indices
+  wall = time.perf_counter() - wall
+  batch, indices = last
+  return (wall, _cpu_seconds_with_children() - cpu, images,
+          None if batch is None else batch.numpy(), None if indices is None else indices.numpy())
 
 
 def write_files(encoded_images: Sequence[bytes], folder: str) -> list:

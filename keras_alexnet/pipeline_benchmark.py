@@ -8,7 +8,8 @@
   per core: images per CPU-second of this process. The bound: tf.io.decode_jpeg alone over the
   same JPEG bytes, held in memory, on all cores (a tf.data map with AUTOTUNE and nothing
   else). The comparator: keras_alexnet.pil_loader, a PyTorch-style loader (PIL in one process
-  per core) over the same JPEGs as files. The decode-free path: raw shards of the same images
+  per core) over the same JPEGs as files; and, where torch is installed, PyTorch's own
+  DataLoader over them (one worker per core). The decode-free path: raw shards of the same images
   (from the page cache, and once after evicting them from it). The options decode_crop and
   dct_method=INTEGER_ACCURATE against the default. Targets (the issue's, printed met or
   not): JPEG >= 0.9 of the bound and >= 1.5x the PIL loader, raw >= 5x JPEG.
@@ -182,10 +183,11 @@ TARGETS = (("jpeg", "bound", 0.9), ("jpeg", "pil", 1.5), ("raw", "jpeg", 5.0))
 
 
 def cpu_figures(config: data_sources.DataConfig, batch_size: int, repeats: int = 5,
-                raw_dir: Optional[str] = None, pil_workers: int = 0,
+                raw_dir: Optional[str] = None, pil_workers: int = 0, torch_workers: int = 0,
                 options: bool = False) -> CpuFigures:
   """The CPU pipeline against decode_jpeg alone and, if asked, against the PIL loader
-  (pil_workers processes), the raw shards of the same images in raw_dir, and the
+  (pil_workers processes), PyTorch's DataLoader (torch_workers workers; skipped where torch
+  is not installed), the raw shards of the same images in raw_dir, and the
   speed-for-exactness options (options=True). Passes alternate, round after round, so that
   a change of load on a shared machine hits all, and each ratio compares passes of the same
   round. Per core is images per CPU-second consumed (this process; for the PIL loader, this
@@ -205,11 +207,14 @@ def cpu_figures(config: data_sources.DataConfig, batch_size: int, repeats: int =
     passes["jpeg_integer_accurate"] = _pipeline_pass(
         dataclasses.replace(config, dct_method="INTEGER_ACCURATE"), batch_size)
   with contextlib.ExitStack() as stack:
-    if pil_workers:
+    if pil_workers or torch_workers:
       folder = stack.enter_context(tempfile.TemporaryDirectory())
       paths = pil_loader.write_files(jpegs, folder)
+    if pil_workers:
       loader = stack.enter_context(pil_loader.PilLoader(pil_workers, batch_size))
       passes["pil"] = _pil_pass(loader, paths)
+    if torch_workers and pil_loader.torch_available():
+      passes["torch"] = lambda: pil_loader.dataloader_pass(paths, torch_workers, batch_size)[:2]
     # Shards and files written just now are dirty in the page cache: reading them while the
     # kernel writes them back measured 2x slower for raw shards (3290 -> 1697 img per CPU-s)
     # and 20% for the PIL loader's files. A dataset read for training is long on disk.
@@ -281,6 +286,17 @@ def map_fn_crop_rate(batch_size: int, repeats: int = 5) -> float:
   return batch_size / bench.median_seconds(lambda: crop().numpy(), repeats)
 
 
+def _dataloader_rows(p, r, workers) -> List[bench.Row]:
+  return [
+      bench.Row(f"PyTorch DataLoader ({workers} workers)", p["torch"]["rate"], detail=(
+          f"{p['torch']['per_core']:.0f} img per CPU-s (workers' too); PIL, shuffle, default "
+          "collate, workers started each epoch")),
+      bench.Row("cpu pipeline vs DataLoader", p["jpeg"]["rate"],
+                "PyTorch DataLoader", r["jpeg/torch"]["rate"],
+                f"ratio per core {r['jpeg/torch']['per_core']:.2f}"),
+  ]
+
+
 def rows(num_images: int = 8192, batch_size: int = 128, data_dir: Optional[str] = None,
          augment_batch_size: int = 128, repeats: int = 5) -> List[bench.Row]:
   """Every figure of this benchmark, measured now, in this process. data_dir: existing
@@ -300,7 +316,7 @@ def rows(num_images: int = 8192, batch_size: int = 128, data_dir: Optional[str] 
     # it is under 1% of an epoch.
     config = data_sources.DataConfig(data_dir, shuffle_buffer=max(1, min(10_000, num_images // 4)))
     cpu = cpu_figures(config, batch_size, repeats, raw_dir=raw_dir, pil_workers=n,
-                      options=True)
+                      torch_workers=n, options=True)
     setup = setup_seconds(config, batch_size)
   p, r = cpu.passes, cpu.ratios
 
@@ -319,6 +335,8 @@ def rows(num_images: int = 8192, batch_size: int = 128, data_dir: Optional[str] 
           "pil", "open+decode into shared-memory batches, 2 in flight per worker")),
       bench.Row("cpu pipeline vs PIL loader", cpu.pipeline, "PIL loader", r["jpeg/pil"]["rate"],
           vs("jpeg", "pil")),
+      *(_dataloader_rows(p, r, n) if "torch" in p else [bench.Row(
+          f"PyTorch DataLoader ({n} workers)", float("nan"), detail="torch not installed")]),
       bench.Row("raw pipeline -> uint8 batches", p["raw"]["rate"], "cpu pipeline (JPEG)",
           r["raw/jpeg"]["rate"], detail("raw", vs("raw", "jpeg") + "; page cache")),
       bench.Row("raw pipeline, cold page cache", cpu.cold["rate"], "raw, page cache",

@@ -277,14 +277,28 @@ def test_pil_loader_does_the_work_it_is_timed_for(tmp_path):
   np.testing.assert_array_equal(batch, want)
 
 
+def test_dataloader_comparator_does_the_work_it_is_timed_for(tmp_path):
+  pytest.importorskip("torch")
+  rng = np.random.default_rng(1)
+  jpegs = [tf.io.encode_jpeg(i, quality=95).numpy() for i in pb._natural_images(rng, 6)]
+  paths = pil_loader.write_files(jpegs, str(tmp_path / "files"))
+  wall, cpu, count, batch, indices = pil_loader.dataloader_pass(paths, 2, 3)
+  assert count == 6 and wall > 0 and cpu > 0
+  # The last batch is PIL's decode of the files it names, three of the six (shuffled).
+  assert len(set(indices.tolist())) == 3 and set(indices.tolist()) <= set(range(6))
+  want = np.stack([np.asarray(Image.open(paths[i]).convert("RGB")) for i in indices])
+  np.testing.assert_array_equal(batch, want)
+
+
 def test_comparator_figures_are_measured(tmp_path):
   data_dir = pb.write_records(str(tmp_path / "jpeg"), 16, num_shards=2)
   raw_dir = pb.write_records(str(tmp_path / "raw"), 0, encoding="raw",
                              jpegs=pb.shard_jpegs(data_dir))
   figures = pb.cpu_figures(data_sources.DataConfig(data_dir, shuffle_buffer=4), 4, repeats=2,
-                           raw_dir=raw_dir, pil_workers=1, options=True)
+                           raw_dir=raw_dir, pil_workers=1, torch_workers=1, options=True)
   assert set(figures.passes) == {"bound", "jpeg", "raw", "pil", "jpeg_decode_crop",
-                                 "jpeg_integer_accurate"}
+                                 "jpeg_integer_accurate"} | (
+                                     {"torch"} if pil_loader.torch_available() else set())
   for name, f in figures.passes.items():
     assert np.isfinite(f["rate"]) and f["rate"] > 0 and f["per_core"] > 0, name
   assert figures.cold["rate"] > 0

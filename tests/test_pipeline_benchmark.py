@@ -2,9 +2,11 @@
 timed here: speed targets belong to the benchmark command, not to tests)."""
 
 import numpy as np
+import pytest
 
 from keras_alexnet import data_sources
 from keras_alexnet import dataset
+from keras_alexnet import pil_loader
 from keras_alexnet import pipeline_benchmark as pb
 
 
@@ -29,13 +31,23 @@ def test_figures_are_measured(tmp_path):
   assert pb.map_fn_crop_rate(4, repeats=1) > 0
 
 
-def test_rows_on_existing_shards(tmp_path):
+@pytest.mark.parametrize("torch", [True, False], ids=["with_torch", "without_torch"])
+def test_rows_on_existing_shards(tmp_path, monkeypatch, torch):
+  if torch:
+    pytest.importorskip("torch")
+  else:   # as on a machine without torch (it is a test extra, not a dependency)
+    monkeypatch.setattr(pil_loader, "torch_available", lambda: False)
   data_dir = pb.write_records(str(tmp_path), num_images=16, num_shards=2)
   table = pb.rows(batch_size=4, data_dir=data_dir, augment_batch_size=2, repeats=1)
   assert [row.name for row in table][:2] == ["decode_jpeg alone (bound)",
                                              "cpu pipeline -> uint8 batches"]
   rates = [row for row in table if not row.name.startswith("target")]
-  assert len(rates) == 12 and all(row.images_per_second > 0 for row in rates)
+  # The DataLoader comparator's two rows where torch is installed, else one saying it is not.
+  if torch:
+    assert len(rates) == 14 and all(row.images_per_second > 0 for row in rates)
+  else:
+    unmeasured = [r.detail for r in rates if not r.images_per_second > 0]
+    assert len(rates) == 13 and unmeasured == ["torch not installed"]
   assert all(row.ratio > 0 for row in table if row.bound_name)
   targets = [row.detail for row in table if row.name.startswith("target")]
   assert len(targets) == 3 and all(t.endswith((": met", ": NOT met")) for t in targets)
