@@ -8,8 +8,9 @@ One table. Each row gives images/s and its ratio to a bound measured in the same
   with keras_alexnet.cpu_kernels' speed-ups on and off (the plain TF path), in adjacent rows;
 - input (CPU pipeline): images/s over a bare tf.io.decode_jpeg loop on the same records, over
   a PIL loader in one process per core (the PyTorch-style comparator, keras_alexnet.pil_loader),
-  over PyTorch's own DataLoader where torch is installed, and the decode-free raw shards of the same images over the JPEG path, per core too; with
-  the targets (JPEG >= 0.9 of the bare loop and >= 1.5x PIL, raw >= 5x JPEG) met or not;
+  over PyTorch's own DataLoader where torch is installed, and the decode-free raw shards of
+  the same images over the JPEG path, per core too; with the targets (JPEG >= 0.9 of the
+  bare loop and >= 1.5x PIL, raw >= 5x JPEG) met or not;
 - augmentation: XLA-compiled vs not, and the batched crop vs a per-image map_fn.
 Then peak host memory, and parameters and FLOPs per image for each model variant.
 Figures are medians over timed repetitions after warm-up.

@@ -9,10 +9,10 @@
   same JPEG bytes, held in memory, on all cores (a tf.data map with AUTOTUNE and nothing
   else). The comparator: keras_alexnet.pil_loader, a PyTorch-style loader (PIL in one process
   per core) over the same JPEGs as files; and, where torch is installed, PyTorch's own
-  DataLoader over them (one worker per core). The decode-free path: raw shards of the same images
-  (from the page cache, and once after evicting them from it). The options decode_crop and
-  dct_method=INTEGER_ACCURATE against the default. Targets (the issue's, printed met or
-  not): JPEG >= 0.9 of the bound and >= 1.5x the PIL loader, raw >= 5x JPEG.
+  DataLoader over them (one worker per core). The decode-free path: raw shards of the same
+  images (from the page cache, and once after evicting them from it). The options
+  decode_crop and dct_method=INTEGER_ACCURATE against the default. Targets (the issue's,
+  printed met or not): JPEG >= 0.9 of the bound and >= 1.5x the PIL loader, raw >= 5x JPEG.
 - augment: images/s of preprocessing.augment (crop, mirror, lighting, per-pixel mean) on the
   default device, compiled with XLA and not; and a map_fn of tf.image.crop_to_bounding_box
   doing less (crop and mirror only) for comparison.
